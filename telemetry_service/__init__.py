@@ -1,0 +1,3 @@
+"""telemetry-hub: the live telemetry hub for Interledger connector networks."""
+
+__version__ = "0.1.0"

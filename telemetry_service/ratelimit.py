@@ -1,0 +1,41 @@
+"""
+Rate limiting for things a misbehaving peer can make the hub do: log lines and error frames.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class TokenBucket:
+    """
+    Allows C{burst} events at once and C{rate} per second on average; counts what it refuses
+    so the caller can say how much it suppressed.
+
+    @ivar suppressed: events refused since the last one allowed.
+    """
+
+    def __init__(self, clock: IReactorTime, rate: float, burst: int) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = clock.seconds()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        """
+        Return the number of refused events and start counting again from zero.
+        """
+        count, self.suppressed = self.suppressed, 0
+        return count

@@ -1,0 +1,253 @@
+"""
+The command line and the wiring: C{twistd telemetry [options]}.
+
+This module owns every option, its environment variable and its default, and
+L{makeService}, which only builds objects and connects them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+from twisted.python.components import Componentized
+
+from telemetry_service import __version__
+from telemetry_service.config import Settings
+from telemetry_service.errors import ConfigurationError
+from telemetry_service.hub import Hub
+from telemetry_service.logs import FORMATS, LEVELS, make_observer
+from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
+from telemetry_service.websocket import (
+    TelemetryServerFactory,
+    WebSocketListener,
+    prepared_fanout,
+)
+
+_DEFAULTS = Settings()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def coerce(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return coerce
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    env: str
+    default: str
+    coerce: Callable[[str], Any]
+    help: str
+    #: the L{Settings} field this option sets, if any
+    setting: str | None = None
+
+
+def _d(field: str) -> str:
+    value = getattr(_DEFAULTS, field)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+OPTIONS = [
+    Option("port", "TELEMETRY_WS_PORT", "9000", str,
+           "WebSocket listening port: a number or a Twisted endpoint string "
+           "(tcp:9000:interface=127.0.0.1, ssl:9443:privateKey=key.pem, unix:/run/hub.sock)"),
+    Option("schemas", "TELEMETRY_SCHEMAS_DIR", "(the shipped schemas)", str,
+           "folder of JSON Schema files, one per message type"),
+    Option("log-level", "LOG_LEVEL", "info", _choice(*LEVELS),
+           "lowest level logged: " + ", ".join(LEVELS)),
+    Option("log-format", "LOG_FORMAT", "text", _choice(*FORMATS),
+           "text (for people) or json (one JSON object per line, for machines)"),
+    Option("max-message-bytes", "TELEMETRY_MAX_MESSAGE_BYTES", _d("max_message_bytes"),
+           _positive_int, "largest message accepted; larger ones close with 1009",
+           "max_message_bytes"),
+    Option("ping-interval", "TELEMETRY_PING_INTERVAL", _d("ping_interval"), _positive_float,
+           "seconds between WebSocket pings", "ping_interval"),
+    Option("ping-timeout", "TELEMETRY_PING_TIMEOUT", _d("ping_timeout"), _positive_float,
+           "seconds without an answer to a ping before the connection is dropped",
+           "ping_timeout"),
+    Option("handshake-timeout", "TELEMETRY_HANDSHAKE_TIMEOUT", _d("handshake_timeout"),
+           _positive_float, "seconds allowed for the WebSocket opening handshake",
+           "handshake_timeout"),
+    Option("backlog", "TELEMETRY_BACKLOG", _d("backlog"), _positive_int,
+           "listen backlog (pending TCP connections)", "backlog"),
+    Option("max-nodes", "TELEMETRY_MAX_NODES", _d("max_nodes"), _positive_int,
+           "nodes whose latest NODE_STATUS is kept for replay", "max_nodes"),
+    Option("max-depth", "TELEMETRY_MAX_DEPTH", _d("max_depth"), _positive_int,
+           "deepest JSON nesting accepted", "max_depth"),
+    Option("error-frames", "TELEMETRY_ERROR_FRAMES", _d("error_frames"), _on_off,
+           "send an ERROR frame to the sender of a refused message (on/off)", "error_frames"),
+    Option("shutdown-grace", "TELEMETRY_SHUTDOWN_GRACE", _d("shutdown_grace"), _positive_float,
+           "seconds to wait for peers to answer the 1001 close at shutdown", "shutdown_grace"),
+]
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd telemetry}. Each falls back to its environment variable, then to its
+    default; C{--help} lists all three.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the telemetry hub: connectors push JSON telemetry over WebSocket, the hub "
+        "validates it against the schema files and broadcasts it to every dashboard."
+    )
+    optParameters = [
+        [o.name, None, None, f"{o.help} [env {o.env}; default {o.default}]"] for o in OPTIONS
+    ]
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = self[option.name]
+            source = f"--{option.name}"
+            if raw is None and self._environ.get(option.env, "").strip():
+                raw, source = self._environ[option.env], option.env
+            if raw is None:
+                values[option.name] = None
+                continue
+            try:
+                values[option.name] = option.coerce(raw)
+            except ValueError as e:
+                raise usage.UsageError(f"{source}: {e}") from None
+        settings = _DEFAULTS
+        for option in OPTIONS:
+            if option.setting is not None and values[option.name] is not None:
+                settings = replace(settings, **{option.setting: values[option.name]})
+        if settings.ping_timeout < 1 or settings.ping_interval < 1:
+            raise usage.UsageError("ping interval and timeout must be at least 1 second")
+        self.settings = settings
+        self.endpoint = endpoint_description(values["port"] or "9000", settings.backlog)
+        self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
+        self.log_level: str = values["log-level"] or "info"
+        self.log_format: str = values["log-format"] or "text"
+
+
+def endpoint_description(port: str, backlog: int) -> str:
+    """
+    Turn C{--port} into a server endpoint string: a bare number means TCP on every
+    interface; the listen backlog is added where the endpoint takes one and none is given.
+    """
+    port = port.strip()
+    if port.isdigit():
+        port = f"tcp:{port}"
+    kind = port.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in port:
+        port = f"{port}:backlog={backlog}"
+    return port
+
+
+class TelemetryHubService(MultiService):
+    """
+    The whole hub, as twistd runs it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, observer: ILogObserver, summary: dict[str, Any]) -> None:
+        super().__init__()
+        self._observer = observer
+        self._summary = summary
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd builds its Application after makeService returns and then asks that
+        # Application for an ILogObserver component; setting it here is how a plugin chooses
+        # its own log format and level instead of twistd's default observer.
+        if isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._observer)
+        super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        self._log.info(
+            "telemetry-hub {version} starting: {count} message types from {schemas}",
+            version=__version__,
+            **self._summary,
+        )
+        try:
+            super().privilegedStartService()
+        except ConfigurationError as e:
+            # One clear line and a non-zero exit, not a traceback.
+            raise SystemExit(f"telemetry: {e}") from None
+
+
+def build_service(
+    options: Options, reactor: IReactorCore, catalog: SchemaCatalog
+) -> TelemetryHubService:
+    """
+    Wire schemas, hub, factory and listener under one service.
+    """
+    settings = options.settings
+    try:
+        endpoint = serverFromString(reactor, options.endpoint)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
+    hub = Hub(catalog, settings, clock=reactor, fanout=prepared_fanout)  # type: ignore[arg-type]
+    factory = TelemetryServerFactory(hub, settings)
+    service = TelemetryHubService(
+        observer=make_observer(options.log_level, options.log_format, sys.stdout),
+        summary={"count": len(catalog.types), "schemas": str(catalog.source)},
+    )
+    service.hub = hub  # type: ignore[attr-defined]
+    listener = WebSocketListener(endpoint, options.endpoint, factory, settings, reactor)  # type: ignore[arg-type]
+    listener.setName("websocket")
+    listener.setServiceParent(service)
+    return service
+
+
+def makeService(options: Options, reactor: IReactorCore | None = None) -> TelemetryHubService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    assert reactor is not None
+    try:
+        catalog = SchemaCatalog.load(options.schemas_dir)
+        return build_service(options, reactor, catalog)
+    except ConfigurationError as e:
+        raise SystemExit(f"telemetry: {e}") from None
