@@ -36,7 +36,7 @@ def shorten(value: object, limit: int = MAX_ECHO) -> str:
     return text
 
 
-class Rejection(Exception):
+class Rejection(Exception):  # noqa: N818 (a refusal is data, not a failure)
     """
     A message was refused; nothing else about the connection changes.
 

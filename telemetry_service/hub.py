@@ -149,7 +149,9 @@ class Hub:
             self._log.info("Dashboard client disconnected ({peer})", peer=peer.address)
         else:
             self._log.info(
-                "Connection closed from {peer} ({role})", peer=peer.address, role=connection.role.value
+                "Connection closed from {peer} ({role})",
+                peer=peer.address,
+                role=connection.role.value,
             )
 
     def message_received(self, peer: Peer, payload: bytes, is_binary: bool = False) -> None:
@@ -216,7 +218,9 @@ class Hub:
         for payload in self._node_status.values():
             peer.send(payload)
 
-    def _telemetry(self, connection: Connection, message_type: str, message: dict[str, Any]) -> None:
+    def _telemetry(
+        self, connection: Connection, message_type: str, message: dict[str, Any]
+    ) -> None:
         node_id = message.get("nodeId")
         if not isinstance(node_id, str):
             node_id = None
@@ -333,9 +337,9 @@ class Hub:
         if not connection.warnings.allow():
             return
         self._flush_suppressed(connection)
-        self._log.warn(
-            format, peer=connection.peer.address, nodeId=connection.node_id, **fields
-        )
+        context: dict[str, object] = {"peer": connection.peer.address, "nodeId": connection.node_id}
+        context.update(fields)
+        self._log.warn(format, **context)
 
     def _flush_suppressed(self, connection: Connection) -> None:
         count = connection.warnings.take_suppressed()

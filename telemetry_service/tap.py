@@ -8,6 +8,7 @@ L{makeService}, which only builds objects and connects them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -90,36 +91,107 @@ def _d(field: str) -> str:
 
 
 OPTIONS = [
-    Option("port", "TELEMETRY_WS_PORT", "9000", str,
-           "WebSocket listening port: a number or a Twisted endpoint string "
-           "(tcp:9000:interface=127.0.0.1, ssl:9443:privateKey=key.pem, unix:/run/hub.sock)"),
-    Option("schemas", "TELEMETRY_SCHEMAS_DIR", "(the shipped schemas)", str,
-           "folder of JSON Schema files, one per message type"),
-    Option("log-level", "LOG_LEVEL", "info", _choice(*LEVELS),
-           "lowest level logged: " + ", ".join(LEVELS)),
-    Option("log-format", "LOG_FORMAT", "text", _choice(*FORMATS),
-           "text (for people) or json (one JSON object per line, for machines)"),
-    Option("max-message-bytes", "TELEMETRY_MAX_MESSAGE_BYTES", _d("max_message_bytes"),
-           _positive_int, "largest message accepted; larger ones close with 1009",
-           "max_message_bytes"),
-    Option("ping-interval", "TELEMETRY_PING_INTERVAL", _d("ping_interval"), _positive_float,
-           "seconds between WebSocket pings", "ping_interval"),
-    Option("ping-timeout", "TELEMETRY_PING_TIMEOUT", _d("ping_timeout"), _positive_float,
-           "seconds without an answer to a ping before the connection is dropped",
-           "ping_timeout"),
-    Option("handshake-timeout", "TELEMETRY_HANDSHAKE_TIMEOUT", _d("handshake_timeout"),
-           _positive_float, "seconds allowed for the WebSocket opening handshake",
-           "handshake_timeout"),
-    Option("backlog", "TELEMETRY_BACKLOG", _d("backlog"), _positive_int,
-           "listen backlog (pending TCP connections)", "backlog"),
-    Option("max-nodes", "TELEMETRY_MAX_NODES", _d("max_nodes"), _positive_int,
-           "nodes whose latest NODE_STATUS is kept for replay", "max_nodes"),
-    Option("max-depth", "TELEMETRY_MAX_DEPTH", _d("max_depth"), _positive_int,
-           "deepest JSON nesting accepted", "max_depth"),
-    Option("error-frames", "TELEMETRY_ERROR_FRAMES", _d("error_frames"), _on_off,
-           "send an ERROR frame to the sender of a refused message (on/off)", "error_frames"),
-    Option("shutdown-grace", "TELEMETRY_SHUTDOWN_GRACE", _d("shutdown_grace"), _positive_float,
-           "seconds to wait for peers to answer the 1001 close at shutdown", "shutdown_grace"),
+    Option(
+        "port",
+        "TELEMETRY_WS_PORT",
+        "9000",
+        str,
+        "WebSocket listening port: a number or a Twisted endpoint string "
+        "(tcp:9000:interface=127.0.0.1, ssl:9443:privateKey=key.pem, unix:/run/hub.sock)",
+    ),
+    Option(
+        "schemas",
+        "TELEMETRY_SCHEMAS_DIR",
+        "(the shipped schemas)",
+        str,
+        "folder of JSON Schema files, one per message type",
+    ),
+    Option(
+        "log-level",
+        "LOG_LEVEL",
+        "info",
+        _choice(*LEVELS),
+        "lowest level logged: " + ", ".join(LEVELS),
+    ),
+    Option(
+        "log-format",
+        "LOG_FORMAT",
+        "text",
+        _choice(*FORMATS),
+        "text (for people) or json (one JSON object per line, for machines)",
+    ),
+    Option(
+        "max-message-bytes",
+        "TELEMETRY_MAX_MESSAGE_BYTES",
+        _d("max_message_bytes"),
+        _positive_int,
+        "largest message accepted; larger ones close with 1009",
+        "max_message_bytes",
+    ),
+    Option(
+        "ping-interval",
+        "TELEMETRY_PING_INTERVAL",
+        _d("ping_interval"),
+        _positive_float,
+        "seconds between WebSocket pings",
+        "ping_interval",
+    ),
+    Option(
+        "ping-timeout",
+        "TELEMETRY_PING_TIMEOUT",
+        _d("ping_timeout"),
+        _positive_float,
+        "seconds without an answer to a ping before the connection is dropped",
+        "ping_timeout",
+    ),
+    Option(
+        "handshake-timeout",
+        "TELEMETRY_HANDSHAKE_TIMEOUT",
+        _d("handshake_timeout"),
+        _positive_float,
+        "seconds allowed for the WebSocket opening handshake",
+        "handshake_timeout",
+    ),
+    Option(
+        "backlog",
+        "TELEMETRY_BACKLOG",
+        _d("backlog"),
+        _positive_int,
+        "listen backlog (pending TCP connections)",
+        "backlog",
+    ),
+    Option(
+        "max-nodes",
+        "TELEMETRY_MAX_NODES",
+        _d("max_nodes"),
+        _positive_int,
+        "nodes whose latest NODE_STATUS is kept for replay",
+        "max_nodes",
+    ),
+    Option(
+        "max-depth",
+        "TELEMETRY_MAX_DEPTH",
+        _d("max_depth"),
+        _positive_int,
+        "deepest JSON nesting accepted",
+        "max_depth",
+    ),
+    Option(
+        "error-frames",
+        "TELEMETRY_ERROR_FRAMES",
+        _d("error_frames"),
+        _on_off,
+        "send an ERROR frame to the sender of a refused message (on/off)",
+        "error_frames",
+    ),
+    Option(
+        "shutdown-grace",
+        "TELEMETRY_SHUTDOWN_GRACE",
+        _d("shutdown_grace"),
+        _positive_float,
+        "seconds to wait for peers to answer the 1001 close at shutdown",
+        "shutdown_grace",
+    ),
 ]
 
 
@@ -190,10 +262,24 @@ class TelemetryHubService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, observer: ILogObserver, summary: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        observer: ILogObserver,
+        summary: dict[str, Any],
+        reactor: IReactorCore | None = None,
+    ) -> None:
+        """
+        @param hub: the hub this service runs (exposed for health checks and tests).
+        @param reactor: when given, the service takes over SIGTERM and SIGINT from it (see
+            L{_take_over_signals}); twistd's wiring passes it, in-process tests do not.
+        """
         super().__init__()
+        self.hub = hub
         self._observer = observer
         self._summary = summary
+        self._reactor = reactor
+        self._stopping = False
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd builds its Application after makeService returns and then asks that
@@ -212,12 +298,48 @@ class TelemetryHubService(MultiService):
         try:
             super().privilegedStartService()
         except ConfigurationError as e:
-            # One clear line and a non-zero exit, not a traceback.
-            raise SystemExit(f"telemetry: {e}") from None
+            # One clear line and a non-zero exit, not a traceback. twistd has pointed
+            # sys.stderr into the log by now, so the line goes to the real stderr too.
+            self._log.critical("telemetry: {error}", error=str(e))
+            print(f"telemetry: {e}", file=sys.__stderr__, flush=True)
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        super().startService()
+        if self._reactor is not None:
+            self._reactor.callWhenRunning(self._take_over_signals)
+
+    def _take_over_signals(self) -> None:
+        """
+        Make SIGTERM and SIGINT a graceful stop that exits 0.
+
+        The reactor's own handlers stop it too, but twistd then re-raises the signal at
+        exit, so the process dies "killed by SIGTERM" instead of exiting 0 after its
+        orderly shutdown (1001 to every peer), which is what supervisors expect here.
+        """
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._on_signal)
+
+    def _on_signal(self, number: int, frame: object) -> None:
+        # A signal handler may run at any point of the reactor's loop; defer the real work.
+        reactor = IReactorThreads(self._reactor)
+        reactor.callFromThread(self._stop, signal.Signals(number).name)
+
+    def _stop(self, name: str) -> None:
+        assert self._reactor is not None
+        if self._stopping:
+            self._log.info("Received {signal} again; already shutting down", signal=name)
+            return
+        self._stopping = True
+        self._log.info("Received {signal}, shutting down", signal=name)
+        self._reactor.stop()
 
 
 def build_service(
-    options: Options, reactor: IReactorCore, catalog: SchemaCatalog
+    options: Options,
+    reactor: IReactorCore,
+    catalog: SchemaCatalog,
+    handle_signals: bool = False,
 ) -> TelemetryHubService:
     """
     Wire schemas, hub, factory and listener under one service.
@@ -227,14 +349,16 @@ def build_service(
         endpoint = serverFromString(reactor, options.endpoint)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
-    hub = Hub(catalog, settings, clock=reactor, fanout=prepared_fanout)  # type: ignore[arg-type]
+    clock = IReactorTime(reactor)
+    hub = Hub(catalog, settings, clock=clock, fanout=prepared_fanout)
     factory = TelemetryServerFactory(hub, settings)
     service = TelemetryHubService(
+        hub=hub,
         observer=make_observer(options.log_level, options.log_format, sys.stdout),
         summary={"count": len(catalog.types), "schemas": str(catalog.source)},
+        reactor=reactor if handle_signals else None,
     )
-    service.hub = hub  # type: ignore[attr-defined]
-    listener = WebSocketListener(endpoint, options.endpoint, factory, settings, reactor)  # type: ignore[arg-type]
+    listener = WebSocketListener(endpoint, options.endpoint, factory, settings, clock)
     listener.setName("websocket")
     listener.setServiceParent(service)
     return service
@@ -244,10 +368,10 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> Teleme
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     assert reactor is not None
     try:
         catalog = SchemaCatalog.load(options.schemas_dir)
-        return build_service(options, reactor, catalog)
+        return build_service(options, reactor, catalog, handle_signals=True)
     except ConfigurationError as e:
         raise SystemExit(f"telemetry: {e}") from None

@@ -1,0 +1,198 @@
+"""
+The real C{twistd telemetry} process: discovery, options, start-up failures, and a full
+run talked to with the C{websockets} library (not Autobahn), ended by a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+
+from telemetry_service.schemas import shipped_schemas_dir
+from telemetry_service.tap import OPTIONS
+
+from . import examples as ex
+from .process import HubProcess, run_to_exit, twistd_path
+
+
+@pytest.fixture
+def hubs() -> Iterator[list[HubProcess]]:
+    started: list[HubProcess] = []
+    yield started
+    for hub in started:
+        hub.stop()
+
+
+def test_plugin_is_discoverable() -> None:
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    assert "telemetry" in makers
+    assert makers["telemetry"].module == "telemetry_service.tap"
+
+
+def test_help_names_every_option_with_its_environment_variable_and_default() -> None:
+    result = run_to_exit([twistd_path(), "telemetry", "--help"])
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in OPTIONS:
+        assert f"--{option.name}=" in text
+        assert f"env {option.env}; default {option.default}" in text
+
+
+def _assert_one_clear_line(result: Any, *fragments: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("telemetry: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_port_taken_ends_at_once_naming_the_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = run_to_exit(
+            [
+                twistd_path(),
+                "-n",
+                "--pidfile=",
+                "telemetry",
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+            ]
+        )
+    assert time.monotonic() - started < 15
+    _assert_one_clear_line(result, "cannot listen", str(port), "in use")
+
+
+def test_missing_schema_folder_ends_at_once_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = run_to_exit(
+        [twistd_path(), "-n", "--pidfile=", "telemetry", "--schemas", str(missing)]
+    )
+    _assert_one_clear_line(result, str(missing), "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [("{oops", "not valid JSON"), ('{"type": "banana"}', "not a valid JSON Schema")],
+)
+def test_broken_schema_file_ends_at_once_naming_it(
+    tmp_path: Path, content: str, complaint: str
+) -> None:
+    folder = tmp_path / "schemas"
+    shutil.copytree(shipped_schemas_dir(), folder)
+    (folder / "ROUTE_LOOKUP.json").write_text(content)
+    result = run_to_exit(
+        [
+            twistd_path(),
+            "-n",
+            "--pidfile=",
+            "telemetry",
+            "--port",
+            "tcp:0",
+            "--schemas",
+            str(folder),
+        ],
+        env={},
+    )
+    _assert_one_clear_line(result, "ROUTE_LOOKUP.json", complaint)
+
+
+def test_bad_endpoint_ends_at_once_naming_it() -> None:
+    result = run_to_exit(
+        [twistd_path(), "-n", "--pidfile=", "telemetry", "--port", "carrier-pigeon:9"]
+    )
+    _assert_one_clear_line(result, "carrier-pigeon:9")
+
+
+def test_bad_environment_value_is_named() -> None:
+    result = run_to_exit(
+        [twistd_path(), "-n", "--pidfile=", "telemetry"], env={"TELEMETRY_MAX_NODES": "lots"}
+    )
+    assert result.returncode != 0
+    assert "TELEMETRY_MAX_NODES" in result.stdout + result.stderr
+
+
+def test_environment_chooses_port_and_log_level(hubs: list[HubProcess]) -> None:
+    hub = HubProcess(
+        port=None, env={"TELEMETRY_WS_PORT": "tcp:0:interface=127.0.0.1", "LOG_LEVEL": "debug"}
+    )
+    hubs.append(hub)
+    port = hub.wait_listening()
+
+    async def talk() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/") as connector:
+            await connector.send(json.dumps(ex.packet_sent()))
+            await asyncio.sleep(0.2)
+
+    asyncio.run(talk())
+    record = hub.wait_for(lambda r: r["level"] == "debug" and "Broadcasting" in r["message"])
+    assert record["type"] == "PACKET_SENT"
+    assert record["nodeId"] == "connector-b"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_full_run_with_websockets_client_then_signal_closes_1001_and_exits_0(
+    hubs: list[HubProcess], sig: int
+) -> None:
+    hub = HubProcess()
+    hubs.append(hub)
+    port = hub.wait_listening()
+    url = f"ws://127.0.0.1:{port}/"
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with websockets.connect(url) as connector:
+            await connector.send(json.dumps(ex.node_status("connector-a")))
+            await asyncio.sleep(0.2)
+            async with websockets.connect(url) as dashboard:
+                await dashboard.send(json.dumps(ex.CLIENT_CONNECT_DASHBOARD))
+                outcome["replay"] = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
+                await connector.send(json.dumps(ex.packet_received("connector-a")))
+                outcome["live"] = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
+                await connector.send("{nope")
+                outcome["error"] = json.loads(await asyncio.wait_for(connector.recv(), 5))
+                started = time.monotonic()
+                hub.signal(sig)
+                outcome["codes"] = [await close_code(c) for c in (connector, dashboard)]
+                outcome["close_seconds"] = time.monotonic() - started
+
+    async def close_code(conn: Any) -> int | None:
+        try:
+            await asyncio.wait_for(conn.recv(), 5)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    asyncio.run(scenario())
+    started = time.monotonic()
+    assert hub.wait(timeout=10) == 0
+    assert outcome["close_seconds"] + (time.monotonic() - started) < 5
+    assert outcome["replay"] == ex.node_status("connector-a")
+    assert outcome["live"] == ex.packet_received("connector-a")
+    assert outcome["error"]["reason"] == "INVALID_JSON"
+    assert outcome["codes"] == [1001, 1001]
+    hub.drain()
+    messages = hub.messages()
+    assert any("Connector registered: connector-a" in m for m in messages)
+    assert any("Dashboard client connected" in m for m in messages)
+    warning = hub.wait_for(lambda r: r.get("reason") == "INVALID_JSON")
+    assert warning["level"] == "warn"
+    assert warning["nodeId"] == "connector-a"
