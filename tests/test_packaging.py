@@ -1,7 +1,8 @@
 """
 The wheel is what users install: build it, install it into a fresh virtualenv, and run
 C{twistd telemetry} from there, away from the source tree. A packaging mistake (plugin or
-schemas left out, a missing dependency) fails here.
+schemas left out, a missing dependency) fails here. These are the Dockerfile's steps too;
+the last test checks that the Dockerfile still uses the same commands.
 """
 
 from __future__ import annotations
@@ -20,46 +21,59 @@ import websockets
 from . import examples as ex
 from .process import REPO, HubProcess
 
+BUILD_WHEEL = "python -m build --wheel"
+REGENERATE_PLUGIN_CACHE = (
+    "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+)
+HUB_COMMAND = '["twistd", "-n", "--pidfile=", "telemetry"]'
+HEALTHCHECK = '["telemetry-healthcheck"]'
+
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+        [sys.executable, *BUILD_WHEEL.split()[1:], "--outdir", str(dist), str(REPO)],
         check=True,
         capture_output=True,
     )
     (wheel,) = dist.glob("telemetry_hub-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "twisted/plugins/telemetry_plugin.py" in names
-    assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
     shipped = {
         p.relative_to(REPO / "schemas").as_posix() for p in (REPO / "schemas").rglob("*.json")
     }
-    assert {
-        n.removeprefix("telemetry_service/schemas/")
-        for n in names
-        if n.startswith("telemetry_service/schemas/")
-    } == shipped
+    prefix = "telemetry_service/schemas/"
+    assert {n.removeprefix(prefix) for n in names if n.startswith(prefix)} == shipped
 
     venv = tmp_path / "venv"
+    bin_dir = venv / "bin"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)],
+        [str(bin_dir / "pip"), "install", "--quiet", str(wheel)],
         check=True,
         capture_output=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
+    subprocess.run([str(bin_dir / "python"), "-c", REGENERATE_PLUGIN_CACHE], check=True)
+    assert list(venv.glob("lib/python*/site-packages/twisted/plugins/dropin.cache"))
 
-    hub = HubProcess(twistd=str(venv / "bin" / "twistd"), cwd=tmp_path)
+    hub = HubProcess(twistd=str(bin_dir / "twistd"), cwd=tmp_path)
     try:
         starting = hub.wait_for(lambda r: "starting" in r.get("message", "") and "schemas" in r)
         assert starting["schemas"].startswith(str(venv))
-        assert starting["count"] == len([p for p in (REPO / "schemas").glob("*.json")])
+        assert starting["count"] == len(list((REPO / "schemas").glob("*.json")))
         port = hub.wait_listening()
+        url = f"ws://127.0.0.1:{port}/"
+
+        health = subprocess.run(
+            [str(bin_dir / "telemetry-healthcheck"), url], capture_output=True, text=True
+        )
+        assert health.returncode == 0, health.stderr
 
         async def talk() -> dict[str, object]:
-            url = f"ws://127.0.0.1:{port}/"
             async with websockets.connect(url) as connector, websockets.connect(url) as dashboard:
                 await dashboard.send(json.dumps(ex.CLIENT_CONNECT_BARE))
                 await asyncio.sleep(0.2)
@@ -72,3 +86,28 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
         assert hub.wait(timeout=10) == 0
     finally:
         hub.stop()
+    health = subprocess.run(
+        [str(bin_dir / "telemetry-healthcheck"), url], capture_output=True, text=True
+    )
+    assert health.returncode == 1
+    assert "unhealthy" in health.stderr
+
+
+def test_dockerfile_uses_the_steps_tested_above() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert BUILD_WHEEL in dockerfile
+    assert "pip install --no-cache-dir /tmp/dist/*.whl" in dockerfile
+    assert REGENERATE_PLUGIN_CACHE in dockerfile
+    assert f"CMD {HUB_COMMAND}" in dockerfile
+    assert f"CMD {HEALTHCHECK}" in dockerfile
+    assert "EXPOSE 9000" in dockerfile
+    for copied in ("pyproject.toml", "telemetry_service", "twisted", "schemas"):
+        assert f"COPY {copied}" in dockerfile
+
+
+def test_compose_names_the_service_dashboard_and_mounts_the_schemas() -> None:
+    compose = (REPO / "docker-compose.yml").read_text()
+    assert "\n  dashboard:\n" in compose
+    assert '"9000:9000"' in compose
+    assert "./schemas:/etc/telemetry-hub/schemas:ro" in compose
+    assert "TELEMETRY_SCHEMAS_DIR: /etc/telemetry-hub/schemas" in compose

@@ -1,0 +1,32 @@
+# The telemetry hub as a container. Its steps are the ones `make test` runs in
+# tests/test_packaging.py: build the wheel, install it into a fresh virtualenv, regenerate
+# Twisted's plugin cache, run `twistd -n --pidfile= telemetry`, probe it with
+# telemetry-healthcheck.
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY telemetry_service ./telemetry_service
+COPY twisted ./twisted
+COPY schemas ./schemas
+RUN python -m pip install --no-cache-dir build \
+ && python -m build --wheel --outdir /dist
+
+FROM python:3.11-slim
+COPY --from=build /dist/ /tmp/dist/
+# The plugin cache (twisted/plugins/dropin.cache) is written now, while root can write it.
+RUN python -m venv /opt/telemetry-hub \
+ && /opt/telemetry-hub/bin/pip install --no-cache-dir /tmp/dist/*.whl \
+ && rm -rf /tmp/dist \
+ && /opt/telemetry-hub/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
+ && useradd --system --no-create-home --shell /usr/sbin/nologin telemetry
+ENV PATH=/opt/telemetry-hub/bin:$PATH \
+    TELEMETRY_WS_PORT=9000 \
+    PYTHONUNBUFFERED=1
+USER telemetry
+WORKDIR /tmp
+EXPOSE 9000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["telemetry-healthcheck"]
+# exec form: twistd is PID 1 and receives SIGTERM itself (1001 to every peer, exit 0)
+CMD ["twistd", "-n", "--pidfile=", "telemetry"]
