@@ -28,7 +28,19 @@ class Settings:
     #: on SIGTERM/SIGINT, seconds to wait for peers to answer the 1001 close before exiting
     shutdown_grace: float = 3.0
 
+    #: per dashboard: bytes of messages waiting for a reader that has stopped reading; past
+    #: this the dashboard is disconnected with close code 4008
+    max_queued_bytes: int = 1024 * 1024
+
+    # -- history (resume)
+    #: messages kept for dashboards that reconnect and resume
+    history_messages: int = 100_000
+    #: ... and at most this many bytes of them
+    history_bytes: int = 64 * 1024 * 1024
+
     # -- hub behaviour
+    #: most events in one {"batch": [...]} frame
+    max_batch: int = 1000
     #: how many nodes' latest NODE_STATUS the replay cache keeps
     max_nodes: int = 10_000
     #: deepest JSON nesting accepted (objects and arrays)

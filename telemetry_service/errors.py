@@ -20,6 +20,7 @@ UNKNOWN_TYPE = "UNKNOWN_TYPE"
 SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
 ROLE_VIOLATION = "ROLE_VIOLATION"
 NODE_ID_MISMATCH = "NODE_ID_MISMATCH"
+INVALID_BATCH = "INVALID_BATCH"
 
 # A detail never carries more than this many characters of what the sender sent, so that a
 # 60 KiB string does not come back in an error frame or land in the log.
@@ -46,7 +47,7 @@ class Rejection(Exception):  # noqa: N818 (a refusal is data, not a failure)
         error frame and the log line.
     """
 
-    def __init__(self, reason: str, detail: str, **extra: str | None) -> None:
+    def __init__(self, reason: str, detail: str, **extra: str | int | None) -> None:
         super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail

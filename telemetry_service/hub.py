@@ -1,9 +1,10 @@
 """
-The hub: who is connected, in which role, what the network last reported, and who hears what.
+The hub: who is connected, in which role, what the network last reported, what happened
+recently, and who hears what.
 
-It knows a peer only as an object with a C{send(payload)} method, an C{address} and a
-C{congested} flag; it imports nothing from Autobahn or C{twisted.internet}, and takes its
-clock as an argument, so it is tested with plain synchronous tests.
+It knows a peer only as an object with C{send(payload)}, an C{address} and a C{congested}
+flag; it imports nothing from Autobahn or C{twisted.internet}, and takes its clock as an
+argument, so it is tested with plain synchronous tests.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -19,16 +21,23 @@ from twisted.logger import Logger
 from telemetry_service.codec import decode, encode
 from telemetry_service.config import Settings
 from telemetry_service.errors import (
+    INVALID_BATCH,
     NODE_ID_MISMATCH,
+    NOT_AN_OBJECT,
     ROLE_VIOLATION,
     Rejection,
     shorten,
 )
 from telemetry_service.ratelimit import TokenBucket
 from telemetry_service.schemas import SchemaCatalog
+from telemetry_service.store import MemoryStore, MessageStore, StoredMessage
 
 CLIENT_CONNECT = "CLIENT_CONNECT"
 NODE_STATUS = "NODE_STATUS"
+#: sent by the hub when a node's last connector goes away or its first one arrives
+NODE_PRESENCE = "NODE_PRESENCE"
+#: sent by the hub to a dashboard that asked to resume
+RESUME = "RESUME"
 
 
 class Peer(Protocol):
@@ -73,6 +82,34 @@ class Role(enum.Enum):
     UNIDENTIFIED = "unidentified"
 
 
+@dataclass(frozen=True)
+class Filter:
+    """
+    What a dashboard asked to receive; C{None} for a field means "all".
+    """
+
+    types: frozenset[str] | None = None
+    node_ids: frozenset[str] | None = None
+
+    @classmethod
+    def from_request(cls, request: object) -> Filter | None:
+        if not isinstance(request, dict):
+            return None
+        types, node_ids = request.get("types"), request.get("nodeIds")
+        result = cls(
+            frozenset(t for t in types if isinstance(t, str)) if isinstance(types, list) else None,
+            frozenset(n for n in node_ids if isinstance(n, str))
+            if isinstance(node_ids, list)
+            else None,
+        )
+        return None if result.types is None and result.node_ids is None else result
+
+    def matches(self, message_type: str, node_id: str | None) -> bool:
+        if self.types is not None and message_type not in self.types:
+            return False
+        return self.node_ids is None or node_id in self.node_ids
+
+
 @dataclass(eq=False)
 class Connection:
     peer: Peer
@@ -80,6 +117,27 @@ class Connection:
     error_frames: TokenBucket
     role: Role = Role.LISTENER
     node_id: str | None = None
+    filter: Filter | None = None
+
+
+@dataclass(eq=False)
+class NodeRecord:
+    """
+    The latest NODE_STATUS of one node, as it is replayed.
+    """
+
+    message: dict[str, Any]
+    updated_at: float
+    _payloads: dict[bool, bytes] = field(default_factory=dict)
+
+    def payload(self, online: bool) -> bytes:
+        """
+        The status with a top-level C{online} flag, serialized once per flag value.
+        """
+        payload = self._payloads.get(online)
+        if payload is None:
+            payload = self._payloads[online] = encode({**self.message, "online": online})
+        return payload
 
 
 @dataclass
@@ -102,19 +160,30 @@ class Hub:
         settings: Settings,
         clock: IReactorTime,
         fanout: Fanout = send_to_each,
+        store: MessageStore | None = None,
+        log_broadcasts: bool = False,
     ) -> None:
+        """
+        @param log_broadcasts: log one debug line per broadcast. Off unless the log level is
+            debug: even a filtered-out log call costs more than the rest of a broadcast.
+        """
         self._catalog = catalog
         self._settings = settings
         self._clock = clock
         self._fanout = fanout
+        self.store: MessageStore = store or MemoryStore(
+            settings.history_messages, settings.history_bytes
+        )
+        self._log_broadcasts = log_broadcasts
         self._connections: dict[Peer, Connection] = {}
-        # listeners and dashboards, in connection order (a dict is an ordered set)
+        # unfiltered listeners and dashboards, in connection order (a dict is an ordered set)
         self._recipients: dict[Peer, None] = {}
+        # dashboards that asked for a filter
+        self._filtered: dict[Peer, Filter] = {}
         # nodeId -> its live connector connections (normally one)
         self._connectors: dict[str, dict[Peer, None]] = {}
-        # nodeId -> latest NODE_STATUS, serialized; insertion order is first-report order
-        self._node_status: dict[str, bytes] = {}
-        self._node_status_at: dict[str, float] = {}
+        # nodeId -> latest NODE_STATUS; insertion order is first-report order
+        self._node_status: dict[str, NodeRecord] = {}
         self.stats = HubStats()
 
     # -- what the transport tells the hub
@@ -134,17 +203,19 @@ class Hub:
         if connection is None:
             return
         self._recipients.pop(peer, None)
+        self._filtered.pop(peer, None)
         self._flush_suppressed(connection)
         if connection.role is Role.CONNECTOR:
             node_id = connection.node_id
+            self._log.info(
+                "Connector disconnected: {nodeId} ({peer})", nodeId=node_id, peer=peer.address
+            )
             if node_id is not None:
                 peers = self._connectors.get(node_id, {})
                 peers.pop(peer, None)
                 if not peers:
-                    self._connectors.pop(node_id, None)
-            self._log.info(
-                "Connector disconnected: {nodeId} ({peer})", nodeId=node_id, peer=peer.address
-            )
+                    del self._connectors[node_id]
+                    self._publish_presence(node_id, online=False)
         elif connection.role is Role.DASHBOARD:
             self._log.info("Dashboard client disconnected ({peer})", peer=peer.address)
         else:
@@ -156,23 +227,40 @@ class Hub:
 
     def message_received(self, peer: Peer, payload: bytes, is_binary: bool = False) -> None:
         """
-        Handle one complete WebSocket message (text or binary) from C{peer}.
+        Handle one complete WebSocket message (text or binary) from C{peer}: one event, or a
+        C{{"batch": [...]}} of events, each handled on its own.
         """
         connection = self._connections[peer]
-        message_type: object = None
         try:
             message = decode(payload, self._settings.max_depth)
-            message_type = message.get("type")
-            validated_type = self._catalog.validate(message)
-            if validated_type == CLIENT_CONNECT:
-                self._client_connect(connection)
-            else:
-                self._telemetry(connection, validated_type, message)
         except Rejection as rejection:
-            if connection.role is Role.LISTENER and message_type != CLIENT_CONNECT:
-                connection.role = Role.UNIDENTIFIED
-                self._recipients.pop(peer, None)
-            self._reject(connection, rejection, is_binary)
+            self._refuse(connection, rejection, None, is_binary)
+            return
+        batch = message.get("batch") if "type" not in message else None
+        if batch is None:
+            self._handle(connection, message, is_binary)
+            return
+        if not isinstance(batch, list) or len(batch) > self._settings.max_batch:
+            self._refuse(
+                connection,
+                Rejection(
+                    INVALID_BATCH,
+                    f"'batch' must be an array of at most {self._settings.max_batch} events",
+                ),
+                None,
+                is_binary,
+            )
+            return
+        for index, event in enumerate(batch):
+            if isinstance(event, dict):
+                self._handle(connection, event, is_binary, index)
+            else:
+                self._refuse(
+                    connection,
+                    Rejection(NOT_AN_OBJECT, "a batch event must be a JSON object", index=index),
+                    None,
+                    is_binary,
+                )
 
     # -- what the hub knows
 
@@ -196,9 +284,30 @@ class Hub:
             by_role[connection.role.value] += 1
         return {**by_role, "nodes": len(self._node_status)}
 
+    # -- one event
+
+    def _handle(
+        self,
+        connection: Connection,
+        message: dict[str, Any],
+        is_binary: bool,
+        index: int | None = None,
+    ) -> None:
+        message_type: object = message.get("type")
+        try:
+            validated_type = self._catalog.validate(message)
+            if validated_type == CLIENT_CONNECT:
+                self._client_connect(connection, message)
+            else:
+                self._telemetry(connection, validated_type, message)
+        except Rejection as rejection:
+            if index is not None:
+                rejection.extra["index"] = index
+            self._refuse(connection, rejection, message_type, is_binary)
+
     # -- roles
 
-    def _client_connect(self, connection: Connection) -> None:
+    def _client_connect(self, connection: Connection, message: dict[str, Any]) -> None:
         if connection.role is Role.CONNECTOR:
             raise Rejection(
                 ROLE_VIOLATION,
@@ -208,15 +317,70 @@ class Hub:
         peer = connection.peer
         if connection.role is not Role.DASHBOARD:
             connection.role = Role.DASHBOARD
-            self._recipients[peer] = None
             self._log.info(
-                "Dashboard client connected ({peer}); replaying {count} node status messages",
+                "Dashboard client connected ({peer}); {count} nodes known",
                 peer=peer.address,
                 count=len(self._node_status),
             )
-        # The replay goes to this client only, before anything that follows its CLIENT_CONNECT.
-        for payload in self._node_status.values():
-            peer.send(payload)
+        connection.filter = Filter.from_request(message.get("filter"))
+        if connection.filter is None:
+            self._filtered.pop(peer, None)
+            self._recipients[peer] = None
+        else:
+            self._recipients.pop(peer, None)
+            self._filtered[peer] = connection.filter
+        # Everything below goes to this client only, before anything that follows its
+        # CLIENT_CONNECT: the hub is single-threaded, so no broadcast can come in between.
+        resume = message.get("resume")
+        if isinstance(resume, dict):
+            self._resume(connection, resume)
+        else:
+            self._send_snapshot(connection)
+
+    def _send_snapshot(self, connection: Connection) -> None:
+        """
+        The latest NODE_STATUS of every node, in first-report order, each with C{online}.
+        """
+        peer, wanted = connection.peer, connection.filter
+        for node_id, record in self._node_status.items():
+            if wanted is None or wanted.matches(NODE_STATUS, node_id):
+                peer.send(record.payload(node_id in self._connectors))
+
+    def _resume(self, connection: Connection, request: dict[str, Any]) -> None:
+        """
+        Send what a reconnecting dashboard missed, or say plainly that it cannot be had.
+        """
+        store = self.store
+        epoch, seq = request.get("epoch"), request.get("seq")
+        status: dict[str, Any] = {"type": RESUME, "epoch": store.epoch, "seq": store.last_seq}
+        missed = None
+        if epoch is None and seq is None:
+            status.update(status="fresh")
+        elif epoch != store.epoch:
+            status.update(status="not_recovered", reason="the hub's history was reset (new epoch)")
+        elif not isinstance(seq, int) or (missed := store.after(seq)) is None:
+            status.update(
+                status="not_recovered",
+                reason=f"the history no longer holds every message after seq {seq}",
+            )
+        else:
+            wanted = connection.filter
+            missed = [m for m in missed if wanted is None or wanted.matches(m.type, m.node_id)]
+            status.update(status="resumed", missed=len(missed))
+        peer = connection.peer
+        peer.send(encode(status))
+        self._log.info(
+            "Dashboard {peer} resume from {epoch}/{seq}: {status}",
+            peer=peer.address,
+            epoch=shorten(epoch, 64),
+            seq=seq,
+            status=status["status"],
+        )
+        if status["status"] == "resumed":
+            for stored in missed or ():
+                peer.send(stored.payload)
+        else:
+            self._send_snapshot(connection)
 
     def _telemetry(
         self, connection: Connection, message_type: str, message: dict[str, Any]
@@ -249,23 +413,14 @@ class Hub:
                 f"not {shorten(node_id, 64)!r}",
                 messageType=message_type,
             )
-
-        payload = encode(message)
-        if message_type == NODE_STATUS and node_id is not None:
-            self._remember_node_status(connection, node_id, payload)
         self.stats.accepted += 1
-        self._log.debug(
-            "Broadcasting telemetry event {type} from {nodeId} to {count} clients",
-            type=message_type,
-            nodeId=node_id,
-            count=len(self._recipients),
-        )
-        if self._recipients:
-            self._fanout(self._recipients, payload)
+        self._publish(message, message_type, node_id)
+        if message_type == NODE_STATUS and node_id is not None:
+            self._remember_node_status(connection, node_id, message)
 
     def _bind(self, connection: Connection, node_id: str) -> None:
         connection.node_id = node_id
-        peers = self._connectors.setdefault(node_id, {})
+        peers = self._connectors.get(node_id)
         if peers:
             self._log.warn(
                 "Two live connectors report as {nodeId}: {peer} joins {others}; keeping both",
@@ -273,13 +428,67 @@ class Hub:
                 peer=connection.peer.address,
                 others=", ".join(p.address for p in peers),
             )
-        peers[connection.peer] = None
+            peers[connection.peer] = None
+            return
+        self._connectors[node_id] = {connection.peer: None}
+        self._publish_presence(node_id, online=True)
+
+    # -- the broadcast and its history
+
+    def _publish(self, message: dict[str, Any], message_type: str, node_id: str | None) -> None:
+        """
+        Number the message, keep it in the history and send it to every dashboard that
+        wants it. It is serialized once, whoever receives it.
+        """
+        store = self.store
+        seq = store.last_seq + 1
+        message["seq"] = seq
+        payload = encode(message)
+        store.append(StoredMessage(seq, message_type, node_id, payload))
+        if self._filtered:
+            targets: Iterable[Peer] = [
+                *self._recipients,
+                *(p for p, f in self._filtered.items() if f.matches(message_type, node_id)),
+            ]
+        else:
+            targets = self._recipients
+        if self._log_broadcasts:
+            self._log.debug(
+                "Broadcasting telemetry event {type} #{seq} from {nodeId}",
+                type=message_type,
+                seq=seq,
+                nodeId=node_id,
+            )
+        self._fanout(targets, payload)
+
+    def _publish_presence(self, node_id: str, online: bool) -> None:
+        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        self._log.info(
+            "Node {nodeId} is {state}", nodeId=node_id, state="online" if online else "offline"
+        )
+        self._publish(
+            {
+                "type": NODE_PRESENCE,
+                "nodeId": node_id,
+                "online": online,
+                "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            },
+            NODE_PRESENCE,
+            node_id,
+        )
 
     # -- the replay cache
 
-    def _remember_node_status(self, connection: Connection, node_id: str, payload: bytes) -> None:
+    def _remember_node_status(
+        self, connection: Connection, node_id: str, message: dict[str, Any]
+    ) -> None:
         cache = self._node_status
-        if node_id not in cache and len(cache) >= self._settings.max_nodes:
+        now = self._clock.seconds()
+        record = cache.get(node_id)
+        if record is not None:
+            record.message, record.updated_at, record._payloads = message, now, {}
+            return
+        if len(cache) >= self._settings.max_nodes:
             victim = self._eviction_candidate()
             if victim is None:
                 self._warn(
@@ -291,14 +500,12 @@ class Hub:
                 )
                 return
             del cache[victim]
-            del self._node_status_at[victim]
             self._log.info(
                 "Node status cache full: forgot offline node {victim} to make room for {nodeId}",
                 victim=victim,
                 nodeId=node_id,
             )
-        cache[node_id] = payload
-        self._node_status_at[node_id] = self._clock.seconds()
+        cache[node_id] = NodeRecord(message, now)
 
     def _eviction_candidate(self) -> str | None:
         """
@@ -308,11 +515,20 @@ class Hub:
         offline = [n for n in self._node_status if n not in self._connectors]
         if not offline:
             return None
-        return min(offline, key=self._node_status_at.__getitem__)
+        return min(offline, key=lambda n: self._node_status[n].updated_at)
 
     # -- refusals
 
-    def _reject(self, connection: Connection, rejection: Rejection, is_binary: bool) -> None:
+    def _refuse(
+        self,
+        connection: Connection,
+        rejection: Rejection,
+        message_type: object,
+        is_binary: bool,
+    ) -> None:
+        if connection.role is Role.LISTENER and message_type != CLIENT_CONNECT:
+            connection.role = Role.UNIDENTIFIED
+            self._recipients.pop(connection.peer, None)
         stats = self.stats
         stats.rejected += 1
         stats.rejected_by_reason[rejection.reason] = (

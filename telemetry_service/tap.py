@@ -192,6 +192,30 @@ OPTIONS = [
         "seconds to wait for peers to answer the 1001 close at shutdown",
         "shutdown_grace",
     ),
+    Option(
+        "max-queued-bytes",
+        "TELEMETRY_MAX_QUEUED_BYTES",
+        _d("max_queued_bytes"),
+        _positive_int,
+        "a dashboard with more unread bytes waiting is closed with 4008",
+        "max_queued_bytes",
+    ),
+    Option(
+        "history-messages",
+        "TELEMETRY_HISTORY_MESSAGES",
+        _d("history_messages"),
+        _positive_int,
+        "messages kept for dashboards that resume",
+        "history_messages",
+    ),
+    Option(
+        "history-bytes",
+        "TELEMETRY_HISTORY_BYTES",
+        _d("history_bytes"),
+        _positive_int,
+        "bytes of messages kept for dashboards that resume",
+        "history_bytes",
+    ),
 ]
 
 
@@ -350,7 +374,13 @@ def build_service(
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
     clock = IReactorTime(reactor)
-    hub = Hub(catalog, settings, clock=clock, fanout=prepared_fanout)
+    hub = Hub(
+        catalog,
+        settings,
+        clock=clock,
+        fanout=prepared_fanout,
+        log_broadcasts=options.log_level == "debug",
+    )
     factory = TelemetryServerFactory(hub, settings)
     service = TelemetryHubService(
         hub=hub,

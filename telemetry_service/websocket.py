@@ -1,15 +1,24 @@
 """
 The WebSocket side: translates frames into calls on the L{Hub} and back, and owns the
 listening port and the open connections.
+
+Autobahn does the handshake, control frames, closing, pings and every unusual frame. The
+common case, a whole masked text or binary frame of at most 64 KiB, is parsed here
+(L{TelemetryServerProtocol.processData}), and outgoing messages are framed once per
+broadcast and written straight to the transport: Autobahn's generic paths cost several
+times more than the rest of the hub per message (futures, debug formatting, per-frame
+objects). Everything outgoing goes through a bounded per-connection queue
+(L{WebSocketPeer}), so a reader that stops reading costs at most C{max_queued_bytes}.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
@@ -24,45 +33,105 @@ from telemetry_service.hub import Hub, Peer
 
 #: Close code sent to every peer when the hub shuts down (RFC 6455 "going away").
 GOING_AWAY = 1001
+#: Close code sent to a dashboard whose unread messages exceed C{max_queued_bytes}.
+TOO_SLOW = 4008
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_INVALID_PAYLOAD = 1007
+
+
+def text_frame(payload: bytes) -> bytes:
+    """
+    One unmasked, final text frame (RFC 6455 5.2), as a server sends it.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+def _unmask(data: bytes, start: int, end: int, mask: bytes) -> bytes:
+    """
+    XOR C{data[start:end]} with the 4-byte C{mask}, as one big-integer operation.
+    """
+    length = end - start
+    if length == 0 or mask == b"\x00\x00\x00\x00":
+        return data[start:end]
+    key = (mask * ((length >> 2) + 1))[:length]
+    value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")
+    return value.to_bytes(length, "little")
 
 
 class WebSocketPeer:
     """
-    One open WebSocket connection, as the hub sees it.
+    One open WebSocket connection, as the hub sees it, with its bounded outbound queue.
+
+    While the transport's buffer is over its high-water mark (it tells us through
+    C{pauseProducing}), frames wait in C{_queue}; past C{limit} bytes the connection is
+    closed with L{TOO_SLOW}. The frames in the queue are shared with every other recipient
+    of the same broadcast, so a queued frame costs a reference, not a copy.
     """
 
-    __slots__ = ("_protocol", "address")
+    __slots__ = ("_protocol", "_queue", "_queued_bytes", "_transport", "address", "limit")
 
-    def __init__(self, protocol: TelemetryServerProtocol) -> None:
+    def __init__(self, protocol: TelemetryServerProtocol, limit: int) -> None:
         self._protocol = protocol
+        self._transport: Any = protocol.transport
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self.address: str = str(protocol.peer)
+        self.limit = limit
 
     @property
     def congested(self) -> bool:
         return self._protocol.write_paused
 
-    def send(self, payload: bytes) -> None:
-        protocol = self._protocol
-        # After a close frame has gone out (shutdown, 1009) no data frame may follow it.
-        if protocol.state == _OPEN:
-            protocol.sendMessage(payload, isBinary=False)
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
-    def send_prepared(self, prepared: PreparedMessage) -> None:
+    def send(self, payload: bytes) -> None:
+        self.send_frame(text_frame(payload))
+
+    def send_frame(self, frame: bytes) -> None:
         protocol = self._protocol
-        if protocol.state == _OPEN:
-            protocol.sendPreparedMessage(prepared)
+        # After a close frame has gone out (shutdown, 1009, 4008) no data frame may follow.
+        if protocol.state != _OPEN:
+            return
+        if protocol.write_paused or self._queue:
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+            if self._queued_bytes > self.limit:
+                self.drop_queue()
+                protocol.too_slow(self.limit)
+        else:
+            self._transport.write(frame)
+
+    def flush(self) -> None:
+        """
+        Hand queued frames to the transport until it is full again.
+        """
+        queue, protocol, transport = self._queue, self._protocol, self._transport
+        while queue and not protocol.write_paused and protocol.state == _OPEN:
+            frame = queue.popleft()
+            self._queued_bytes -= len(frame)
+            transport.write(frame)
+
+    def drop_queue(self) -> None:
+        self._queue.clear()
+        self._queued_bytes = 0
 
 
 def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:
     """
     Send one message to many peers, framing it once.
     """
-    prepared = PreparedMessage(payload, False, False, True)
+    frame = text_frame(payload)
     # The hub only ever holds the peers this module made.
     for peer in cast("Iterable[WebSocketPeer]", peers):
-        peer.send_prepared(prepared)
+        peer.send_frame(frame)
 
 
 def _set_tcp_nodelay(transport: Any) -> bool:
@@ -94,6 +163,8 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
     _hub_peer: WebSocketPeer | None = None
     #: True while the transport's outbound buffer is over its high-water mark
     write_paused = False
+    #: set by Autobahn from the factory's options
+    maxMessagePayloadSize: int
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -105,10 +176,12 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
+        if self._hub_peer is not None:
+            self._hub_peer.drop_queue()
         super().connectionLost(reason)
 
     def onOpen(self) -> None:
-        self._hub_peer = WebSocketPeer(self)
+        self._hub_peer = WebSocketPeer(self, self.factory.max_queued_bytes)
         self.factory.hub.connection_opened(self._hub_peer)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -126,12 +199,80 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         if peer is not None:
             self.factory.hub.connection_closed(peer)
 
+    def processData(self) -> bool:
+        """
+        Take every whole, simple data frame at the front of the buffer, then let Autobahn
+        handle what is left (control frames, fragments, long or partial frames, errors).
+        """
+        if self.state == _OPEN and self.current_frame is None and not self.inside_message:
+            self._take_simple_frames()
+        result: bool = super().processData()
+        return result
+
+    def _take_simple_frames(self) -> None:
+        data: bytes = self.data
+        size = len(data)
+        limit = self.maxMessagePayloadSize or 65535
+        pos = 0
+        try:
+            while size - pos >= 6 and self.state == _OPEN:
+                b0, b1 = data[pos], data[pos + 1]
+                opcode = b0 & 0x0F
+                # FIN set, no RSV bits, text (1) or binary (2), masked as clients must
+                if b0 & 0xF0 != 0x80 or opcode not in (1, 2) or not b1 & 0x80:
+                    return
+                length = b1 & 0x7F
+                if length < 126:
+                    start = pos + 6
+                elif length == 126:
+                    if size - pos < 8:
+                        return
+                    length = (data[pos + 2] << 8) | data[pos + 3]
+                    start = pos + 8
+                else:
+                    return
+                end = start + length
+                if length > limit or end > size:
+                    return  # too big: Autobahn closes with 1009; partial: wait for more
+                payload = _unmask(data, start, end, data[start - 4 : start])
+                pos = end
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                    # any data frame proves the peer alive, as in Autobahn's own path
+                    self._cancelAutoPingTimeoutCall()
+                if opcode == 1 and not payload.isascii():
+                    try:
+                        payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self._fail_connection(
+                            _INVALID_PAYLOAD, "received text message is not valid UTF-8"
+                        )
+                        return
+                self.onMessage(payload, opcode == 2)
+        finally:
+            # consumed frames leave the buffer once, not one copy per frame
+            if pos:
+                self.data = data[pos:]
+
+    def too_slow(self, limit: int) -> None:
+        self._log.warn(
+            "Closing {peer} with {code}: it stopped reading and more than {limit} bytes "
+            "waited for it",
+            peer=self.peer,
+            code=TOO_SLOW,
+            limit=limit,
+        )
+        self.sendCloseFrame(
+            code=TOO_SLOW, reasonUtf8=b"too slow: outbound queue over limit", isReply=False
+        )
+
     def go_away(self) -> None:
         """
         Start the closing handshake with 1001 (Going Away). Autobahn's C{sendClose} refuses
         1001, which is reserved for exactly this, so the frame is sent directly.
         """
         if self.state == _OPEN:
+            if self._hub_peer is not None:
+                self._hub_peer.drop_queue()
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"hub shutting down", isReply=False)
         else:
             self.dropConnection(abort=True)
@@ -143,6 +284,8 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self.write_paused = False
+        if self._hub_peer is not None:
+            self._hub_peer.flush()
 
     def stopProducing(self) -> None:
         self.write_paused = True
@@ -162,6 +305,7 @@ class TelemetryServerFactory(WebSocketServerFactory):
     def __init__(self, hub: Hub, settings: Settings) -> None:
         super().__init__()
         self.hub = hub
+        self.max_queued_bytes = settings.max_queued_bytes
         self.connections: set[TelemetryServerProtocol] = set()
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_bytes,

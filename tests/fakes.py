@@ -30,6 +30,11 @@ class FakePeer:
     def messages(self) -> list[dict[str, Any]]:
         return [json.loads(p) for p in self.sent]
 
+    @property
+    def telemetry(self) -> list[dict[str, Any]]:
+        """What was sent, less the hub's presence events and the fields the hub adds."""
+        return telemetry_only(self.messages)
+
     def clear(self) -> None:
         self.sent.clear()
 
@@ -51,3 +56,15 @@ class RecordingFanout:
 
 def encode(message: Any) -> bytes:
     return json.dumps(message).encode()
+
+
+HUB_FIELDS = ("seq", "online")
+
+
+def telemetry_only(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as their senders sent them: no NODE_PRESENCE, no seq, no online."""
+    return [
+        {k: v for k, v in m.items() if k not in HUB_FIELDS}
+        for m in messages
+        if m.get("type") != "NODE_PRESENCE"
+    ]

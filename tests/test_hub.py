@@ -45,7 +45,7 @@ def test_connector_is_not_sent_the_broadcast(hub: Hub) -> None:
     a, b = opened(hub, 2)
     send(hub, a, ex.node_status("connector-a"))
     # b was still listening when a reported: it heard that, as any silent connection would
-    assert b.messages == [ex.node_status("connector-a")]
+    assert b.telemetry == [ex.node_status("connector-a")]
     send(hub, b, ex.node_status("connector-b"))
     b.clear()
     send(hub, a, ex.packet_received("connector-a"))
@@ -57,7 +57,7 @@ def test_listener_that_sent_nothing_receives_the_broadcast(hub: Hub) -> None:
     (listener,) = opened(hub)
     (connector,) = opened(hub)
     send(hub, connector, ex.packet_sent("connector-a"))
-    assert listener.messages == [ex.packet_sent("connector-a")]
+    assert listener.telemetry == [ex.packet_sent("connector-a")]
     assert hub.role_of(listener) is Role.LISTENER
 
 
@@ -132,7 +132,7 @@ def test_malformed_client_connect_leaves_a_listener_listening(hub: Hub) -> None:
     assert peer.messages[-1]["reason"] == "SCHEMA_VIOLATION"
     peer.clear()
     send(hub, connector, ex.packet_sent())
-    assert peer.messages == [ex.packet_sent()]
+    assert peer.telemetry == [ex.packet_sent()]
 
 
 def test_unidentified_connection_can_still_become_a_connector(hub: Hub) -> None:
@@ -141,7 +141,7 @@ def test_unidentified_connection_can_still_become_a_connector(hub: Hub) -> None:
     send(hub, peer, b"garbage")
     send(hub, peer, ex.node_status("connector-q"))
     assert hub.role_of(peer) is Role.CONNECTOR
-    assert watcher.messages == [ex.node_status("connector-q")]
+    assert watcher.telemetry == [ex.node_status("connector-q")]
 
 
 # -- replay
@@ -156,7 +156,7 @@ def test_client_connect_replays_latest_node_status_per_node_in_first_report_orde
     send(hub, c, ex.node_status("connector-c"))
     send(hub, a, ex.node_status("connector-a", health="healthy", uptime=7200))
     peer = dashboard(hub)
-    assert peer.messages == [
+    assert peer.telemetry == [
         ex.node_status("connector-b"),
         ex.node_status("connector-a", health="healthy", uptime=7200),
         ex.node_status("connector-c"),
@@ -170,7 +170,7 @@ def test_replay_goes_to_the_new_client_only(hub: Hub) -> None:
     first.clear()
     second = dashboard(hub)
     assert first.sent == []
-    assert second.messages == [ex.node_status("connector-a")]
+    assert second.telemetry == [ex.node_status("connector-a")]
 
 
 def test_replay_comes_before_anything_that_follows_client_connect(hub: Hub) -> None:
@@ -186,7 +186,7 @@ def test_replay_survives_the_connector_going_away(hub: Hub) -> None:
     (connector,) = opened(hub)
     send(hub, connector, ex.node_status("connector-a"))
     hub.connection_closed(connector)
-    assert dashboard(hub).messages == [ex.node_status("connector-a")]
+    assert dashboard(hub).telemetry == [ex.node_status("connector-a")]
 
 
 def test_replay_cache_is_bounded_and_forgets_offline_nodes_first(make_hub: Any, clock: Any) -> None:
@@ -211,7 +211,7 @@ def test_full_replay_cache_of_live_nodes_keeps_them_and_still_broadcasts(
     send(hub, b, ex.node_status("connector-b"))
     send(hub, c, ex.node_status("invented-node"))
     assert hub.node_ids == ["connector-a", "connector-b"]
-    assert watcher.messages[-1] == ex.node_status("invented-node")
+    assert watcher.telemetry[-1] == ex.node_status("invented-node")
     assert logs.matching("Node status cache is full", "warn")
 
 
@@ -223,17 +223,18 @@ def test_broadcast_reaches_every_dashboard_with_all_fields_as_sent(hub: Hub) -> 
     one, two = dashboard(hub), dashboard(hub)
     message = ex.route_lookup("connector-b", selected_peer=None, extra={"k": [1, 2.5, None]})
     send(hub, connector, message)
-    assert one.messages == [message]
-    assert two.messages == [message]
+    assert one.telemetry == [message]
+    assert two.telemetry == [message]
 
 
 def test_broadcast_is_serialized_once_for_all_recipients(hub: Hub, fanout: RecordingFanout) -> None:
     (connector,) = opened(hub)
     peers = [dashboard(hub) for _ in range(5)]
     send(hub, connector, ex.packet_sent())
-    ((payload, recipients),) = fanout.calls
+    # the connector's arrival (presence), then its message: one serialization each
+    (_, (payload, recipients)) = fanout.calls
     assert recipients == peers
-    assert all(p.sent[0] is payload for p in peers)
+    assert all(p.sent[-1] is payload for p in peers)
 
 
 def test_flat_events_are_broadcast_unchanged(hub: Hub) -> None:
@@ -241,14 +242,14 @@ def test_flat_events_are_broadcast_unchanged(hub: Hub) -> None:
     peer = dashboard(hub)
     for event in ex.FLAT_EVENTS.values():
         send(hub, connector, event)
-    assert peer.messages == list(ex.FLAT_EVENTS.values())
+    assert peer.telemetry == list(ex.FLAT_EVENTS.values())
 
 
 def test_binary_frame_holding_utf8_json_is_accepted(hub: Hub) -> None:
     (connector,) = opened(hub)
     peer = dashboard(hub)
     send(hub, connector, encode(ex.packet_received()), binary=True)
-    assert peer.messages == [ex.packet_received()]
+    assert peer.telemetry == [ex.packet_received()]
 
 
 def test_closed_dashboard_is_no_longer_sent_anything(hub: Hub, logs: Any) -> None:
@@ -322,7 +323,7 @@ def test_ten_thousand_deep_data_is_refused_without_harm(hub: Hub) -> None:
     (connector,) = opened(hub)
     peer = dashboard(hub)
     send(hub, connector, ex.packet_sent())
-    assert peer.messages == [ex.packet_sent()]
+    assert peer.telemetry == [ex.packet_sent()]
 
 
 def test_huge_node_id_is_refused_and_not_echoed_whole(hub: Hub, logs: Any) -> None:

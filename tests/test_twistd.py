@@ -143,7 +143,9 @@ def test_environment_chooses_port_and_log_level(hubs: list[HubProcess]) -> None:
             await asyncio.sleep(0.2)
 
     asyncio.run(talk())
-    record = hub.wait_for(lambda r: r["level"] == "debug" and "Broadcasting" in r["message"])
+    record = hub.wait_for(
+        lambda r: r["level"] == "debug" and "Broadcasting" in r["message"] and r["seq"] == 2
+    )
     assert record["type"] == "PACKET_SENT"
     assert record["nodeId"] == "connector-b"
 
@@ -167,6 +169,7 @@ def test_full_run_with_websockets_client_then_signal_closes_1001_and_exits_0(
                 outcome["replay"] = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
                 await connector.send(json.dumps(ex.packet_received("connector-a")))
                 outcome["live"] = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
+                outcome["seqs"] = [outcome["replay"]["seq"], outcome["live"]["seq"]]
                 await connector.send("{nope")
                 outcome["error"] = json.loads(await asyncio.wait_for(connector.recv(), 5))
                 started = time.monotonic()
@@ -185,8 +188,10 @@ def test_full_run_with_websockets_client_then_signal_closes_1001_and_exits_0(
     started = time.monotonic()
     assert hub.wait(timeout=10) == 0
     assert outcome["close_seconds"] + (time.monotonic() - started) < 5
-    assert outcome["replay"] == ex.node_status("connector-a")
-    assert outcome["live"] == ex.packet_received("connector-a")
+    # seq 1 is the hub's NODE_PRESENCE for connector-a; the replay says it is online
+    assert outcome["seqs"] == [2, 3]
+    assert outcome["replay"] == {**ex.node_status("connector-a"), "seq": 2, "online": True}
+    assert outcome["live"] == {**ex.packet_received("connector-a"), "seq": 3}
     assert outcome["error"]["reason"] == "INVALID_JSON"
     assert outcome["codes"] == [1001, 1001]
     hub.drain()

@@ -20,6 +20,7 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from . import examples as ex
+from .fakes import telemetry_only
 from .wsclient import RunningHub, WsClient, connect, settle
 
 Start = Callable[..., RunningHub]
@@ -76,7 +77,7 @@ async def test_malformed_message_is_not_broadcast_and_a_warning_is_logged(
     assert await dashboard.quiet() == []
     # the connection stays open and usable
     connector.send(ex.packet_sent())
-    assert await dashboard.next() == ex.packet_sent()
+    assert await dashboard.telemetry() == ex.packet_sent()
 
 
 @pytest_twisted.ensureDeferred
@@ -86,8 +87,8 @@ async def test_telemetry_is_broadcast_to_two_clients(start: Start) -> None:
     connector = await hub.connect()
     await settle()
     connector.send(ex.packet_sent("connector-a"))
-    assert await one.next() == ex.packet_sent("connector-a")
-    assert await two.next() == ex.packet_sent("connector-a")
+    assert await one.telemetry() == ex.packet_sent("connector-a")
+    assert await two.telemetry() == ex.packet_sent("connector-a")
 
 
 @pytest_twisted.ensureDeferred
@@ -115,7 +116,7 @@ async def test_client_disconnect_is_handled_gracefully(start: Start, logs: Any) 
     await settle(0.1)
     connector = await hub.connect()
     connector.send(ex.packet_sent())
-    assert await staying.next() == ex.packet_sent()
+    assert await staying.telemetry() == ex.packet_sent()
     assert logs.matching("Dashboard client disconnected")
     assert logs.texts("error") == []
     assert hub.hub.counts()["dashboard"] == 1
@@ -138,7 +139,7 @@ async def test_replay_on_client_connect_in_first_report_order_before_anything_el
     dashboard = await hub.connect("/any/path?x=1")
     dashboard.send(ex.CLIENT_CONNECT_DASHBOARD)
     connectors["connector-a"].send(ex.packet_received("connector-a"))
-    got = await dashboard.take(4)
+    got = await dashboard.take_telemetry(4)
     assert [m["type"] for m in got] == ["NODE_STATUS"] * 3 + ["PACKET_RECEIVED"]
     assert [m["nodeId"] for m in got[:3]] == nodes
     assert got[:3] == [ex.node_status(n) for n in nodes]
@@ -151,7 +152,7 @@ async def test_listen_only_connection_receives_the_broadcast(start: Start) -> No
     connector = await hub.connect()
     await settle()
     connector.send(ex.route_lookup(selected_peer=None))
-    assert await listener.next() == ex.route_lookup(selected_peer=None)
+    assert await listener.telemetry() == ex.route_lookup(selected_peer=None)
 
 
 @pytest_twisted.ensureDeferred
@@ -170,7 +171,7 @@ async def test_three_connectors_two_clients_every_message_in_per_connector_order
             message["data"]["n"] = n
             connector.send(message)
     for client in clients:
-        got = await client.take(3 * per_connector)
+        got = await client.take_telemetry(3 * per_connector)
         for i in range(3):
             mine = [m["data"]["n"] for m in got if m["nodeId"] == f"connector-{i}"]
             assert mine == list(range(per_connector))
@@ -189,7 +190,7 @@ async def test_oversize_message_closes_with_1009_and_others_carry_on(start: Star
     bad.send(ex.packet_sent(blob="x" * (64 * 1024)))
     assert await bad.close_code() == 1009
     good.send(ex.packet_sent())
-    assert await dashboard.next() == ex.packet_sent()
+    assert await dashboard.telemetry() == ex.packet_sent()
 
 
 @pytest_twisted.ensureDeferred
@@ -204,7 +205,7 @@ async def test_message_size_limit_is_configurable(start: Start) -> None:
     assert error["path"] == "$.data.reason"
     # a 1 MiB string where the schema allows any value is accepted and broadcast whole
     sender.send(ex.packet_sent(blob="y" * (1 << 20)))
-    got = await dashboard.next()
+    got = await dashboard.telemetry()
     assert got["data"]["blob"] == "y" * (1 << 20)
 
 
@@ -217,7 +218,7 @@ async def test_invalid_utf8_in_a_text_frame_closes_with_1007(start: Start) -> No
     assert await bad.close_code() == 1007
     good = await hub.connect()
     good.send(ex.packet_sent())
-    assert await dashboard.next() == ex.packet_sent()
+    assert await dashboard.telemetry() == ex.packet_sent()
 
 
 @pytest_twisted.ensureDeferred
@@ -228,7 +229,7 @@ async def test_binary_frames_are_json_too(start: Start) -> None:
     sender.send(bytes(range(256)), binary=True)
     assert (await sender.next())["reason"] == "INVALID_UTF8"
     sender.send(json.dumps(ex.packet_sent()).encode(), binary=True)
-    assert await dashboard.next() == ex.packet_sent()
+    assert await dashboard.telemetry() == ex.packet_sent()
 
 
 @pytest_twisted.ensureDeferred
@@ -263,8 +264,8 @@ async def test_hostile_inputs_cost_only_themselves(start: Start, logs: Any) -> N
         "SCHEMA_VIOLATION",
     ]
     connector.send(ex.packet_sent())
-    assert await dashboard.next() == ex.packet_sent()
-    assert await dashboard.quiet(0.1) == []
+    assert await dashboard.telemetry() == ex.packet_sent()
+    assert telemetry_only(await dashboard.quiet(0.1)) == []
     assert logs.texts("error") == []
     assert all(len(t) < 2000 for t in logs.texts())
 

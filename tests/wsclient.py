@@ -17,6 +17,8 @@ from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.tap import Options, TelemetryHubService, build_service
 from telemetry_service.websocket import WebSocketListener
 
+from .fakes import telemetry_only
+
 TIMEOUT = 5.0
 
 
@@ -59,6 +61,17 @@ class WsClient(WebSocketClientProtocol):
 
     async def take(self, count: int, timeout: float = TIMEOUT) -> list[Any]:
         return [await self.next(timeout) for _ in range(count)]
+
+    async def telemetry(self, timeout: float = TIMEOUT) -> Any:
+        """The next message from a connector, as it sent it (see fakes.telemetry_only)."""
+        while True:
+            message = await self.next(timeout)
+            (stripped,) = telemetry_only([message]) or [None]
+            if stripped is not None:
+                return stripped
+
+    async def take_telemetry(self, count: int, timeout: float = TIMEOUT) -> list[Any]:
+        return [await self.telemetry(timeout) for _ in range(count)]
 
     async def quiet(self, seconds: float = 0.2) -> list[Any]:
         """Wait, then return whatever arrived meanwhile (expected: nothing)."""
