@@ -35,8 +35,8 @@ class Settings:
     # -- history (resume)
     #: messages kept for dashboards that reconnect and resume
     history_messages: int = 100_000
-    #: ... and at most this many bytes of them
-    history_bytes: int = 64 * 1024 * 1024
+    #: ... and at most this many bytes of them (payloads plus ~100 bytes each of bookkeeping)
+    history_bytes: int = 16 * 1024 * 1024
 
     # -- hub behaviour
     #: most events in one {"batch": [...]} frame

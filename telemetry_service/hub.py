@@ -110,14 +110,15 @@ class Filter:
         return self.node_ids is None or node_id in self.node_ids
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     peer: Peer
-    warnings: TokenBucket
-    error_frames: TokenBucket
     role: Role = Role.LISTENER
     node_id: str | None = None
     filter: Filter | None = None
+    # made on the first refusal: most connections never need them (memory per connection)
+    warnings: TokenBucket | None = None
+    error_frames: TokenBucket | None = None
 
 
 @dataclass(eq=False)
@@ -189,12 +190,7 @@ class Hub:
     # -- what the transport tells the hub
 
     def connection_opened(self, peer: Peer) -> None:
-        s = self._settings
-        self._connections[peer] = Connection(
-            peer=peer,
-            warnings=TokenBucket(self._clock, s.warnings_per_second, s.warnings_burst),
-            error_frames=TokenBucket(self._clock, s.error_frames_per_second, s.error_frames_burst),
-        )
+        self._connections[peer] = Connection(peer)
         self._recipients[peer] = None
         self._log.info("Connection opened from {peer}", peer=peer.address)
 
@@ -543,13 +539,23 @@ class Hub:
             **rejection.extra,
         )
         peer = connection.peer
-        if self._settings.error_frames and not peer.congested and connection.error_frames.allow():
+        if not self._settings.error_frames or peer.congested:
+            return
+        if connection.error_frames is None:
+            s = self._settings
+            connection.error_frames = TokenBucket(
+                self._clock, s.error_frames_per_second, s.error_frames_burst
+            )
+        if connection.error_frames.allow():
             peer.send(encode(rejection.to_frame()))
 
     def _warn(self, connection: Connection, format: str, **fields: object) -> None:
         """
         Log a warning about a connection, at most as often as its budget allows.
         """
+        if connection.warnings is None:
+            s = self._settings
+            connection.warnings = TokenBucket(self._clock, s.warnings_per_second, s.warnings_burst)
         if not connection.warnings.allow():
             return
         self._flush_suppressed(connection)
@@ -558,7 +564,7 @@ class Hub:
         self._log.warn(format, **context)
 
     def _flush_suppressed(self, connection: Connection) -> None:
-        count = connection.warnings.take_suppressed()
+        count = connection.warnings.take_suppressed() if connection.warnings else 0
         if count:
             self._log.warn(
                 "Suppressed {count} warnings about {peer} ({nodeId}) to protect the log",

@@ -15,6 +15,8 @@ class TokenBucket:
     @ivar suppressed: events refused since the last one allowed.
     """
 
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens", "suppressed")
+
     def __init__(self, clock: IReactorTime, rate: float, burst: int) -> None:
         self._clock = clock
         self._rate = rate

@@ -8,11 +8,11 @@ or shared store can stand in for the in-memory one.
 
 from __future__ import annotations
 
+import mmap
 import secrets
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Protocol
 
 
@@ -60,13 +60,21 @@ class MessageStore(Protocol):
 
 class MemoryStore:
     """
-    The newest messages in memory, bounded by count and by total payload bytes.
+    The newest messages in memory, bounded by count and by payload bytes.
+
+    Payloads live in one ring buffer of C{max_bytes} (anonymous memory, so pages are only
+    backed as they fill) rather than as one object each: a long FIFO of objects interleaved
+    with the hub's short-lived allocations fragments the heap, which cost several times the
+    history's size in resident memory. Entries are C{(offset, length, type, node_id)}; their
+    seqs are contiguous, so an entry's seq is its position plus the oldest seq.
     """
 
     def __init__(self, max_messages: int, max_bytes: int, epoch: str | None = None) -> None:
         self._max_messages = max_messages
-        self._max_bytes = max_bytes
-        self._messages: deque[StoredMessage] = deque()
+        self._capacity = max_bytes
+        self._ring = mmap.mmap(-1, max_bytes)
+        self._tail = 0
+        self._entries: deque[tuple[int, int, str, str | None]] = deque()
         self._bytes = 0
         self._last_seq = 0
         self._epoch = epoch or secrets.token_hex(8)
@@ -84,10 +92,10 @@ class MemoryStore:
         """
         The oldest seq still held (C{last_seq + 1} when empty).
         """
-        return self._messages[0].seq if self._messages else self._last_seq + 1
+        return self._last_seq - len(self._entries) + 1
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._entries)
 
     @property
     def size_bytes(self) -> int:
@@ -96,12 +104,45 @@ class MemoryStore:
     def append(self, message: StoredMessage) -> None:
         if message.seq != self._last_seq + 1:
             raise ValueError(f"seq {message.seq} does not follow {self._last_seq}")
-        messages = self._messages
-        messages.append(message)
-        self._bytes += len(message.payload)
         self._last_seq = message.seq
-        while messages and (len(messages) > self._max_messages or self._bytes > self._max_bytes):
-            self._bytes -= len(messages.popleft().payload)
+        entries = self._entries
+        length = len(message.payload)
+        # an empty payload still takes one byte, so that every entry has its own offset
+        room = max(length, 1)
+        if room > self._capacity:
+            # cannot be held: the history now starts after it
+            entries.clear()
+            self._bytes = 0
+            return
+        start = self._make_room(room)
+        while len(entries) >= self._max_messages:
+            self._bytes -= entries.popleft()[1]
+        self._ring[start : start + length] = message.payload
+        self._tail = start + room
+        entries.append((start, length, message.type, message.node_id))
+        self._bytes += length
+
+    def _make_room(self, length: int) -> int:
+        """
+        Evict the oldest entries until C{length} bytes fit; return where they go.
+
+        Held bytes run from the oldest entry's offset (the head) to C{_tail}, wrapping past
+        the end of the ring at most once; a write that would not fit before the end starts
+        again at 0, leaving the end unused.
+        """
+        entries, tail, capacity = self._entries, self._tail, self._capacity
+        while entries:
+            head = entries[0][0]
+            # the held bytes wrap when the newest entry starts before the oldest one
+            if entries[-1][0] >= head:  # no wrap: free space is [tail, end) and [0, head)
+                if tail + length <= capacity:
+                    return tail
+                if length <= head:
+                    return 0
+            elif tail + length <= head:  # they wrap: free space is [tail, head)
+                return tail
+            self._bytes -= entries.popleft()[1]
+        return tail if tail + length <= capacity else 0
 
     def after(self, seq: int) -> Sequence[StoredMessage] | None:
         if seq > self._last_seq or seq < 0:
@@ -109,4 +150,9 @@ class MemoryStore:
         first = self.first_seq
         if seq < first - 1:
             return None
-        return list(islice(self._messages, seq - first + 1, None))
+        ring = self._ring
+        return [
+            StoredMessage(first + i, kind, node_id, ring[offset : offset + length])
+            for i, (offset, length, kind, node_id) in enumerate(self._entries)
+            if first + i > seq
+        ]

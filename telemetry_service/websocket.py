@@ -79,7 +79,8 @@ class WebSocketPeer:
     def __init__(self, protocol: TelemetryServerProtocol, limit: int) -> None:
         self._protocol = protocol
         self._transport: Any = protocol.transport
-        self._queue: deque[bytes] = deque()
+        # made when first needed: an empty deque costs ~600 bytes per idle connection
+        self._queue: deque[bytes] | None = None
         self._queued_bytes = 0
         self.address: str = str(protocol.peer)
         self.limit = limit
@@ -100,8 +101,11 @@ class WebSocketPeer:
         # After a close frame has gone out (shutdown, 1009, 4008) no data frame may follow.
         if protocol.state != _OPEN:
             return
-        if protocol.write_paused or self._queue:
-            self._queue.append(frame)
+        queue = self._queue
+        if protocol.write_paused or queue:
+            if queue is None:
+                queue = self._queue = deque()
+            queue.append(frame)
             self._queued_bytes += len(frame)
             if self._queued_bytes > self.limit:
                 self.drop_queue()
@@ -114,13 +118,15 @@ class WebSocketPeer:
         Hand queued frames to the transport until it is full again.
         """
         queue, protocol, transport = self._queue, self._protocol, self._transport
+        if queue is None:
+            return
         while queue and not protocol.write_paused and protocol.state == _OPEN:
             frame = queue.popleft()
             self._queued_bytes -= len(frame)
             transport.write(frame)
 
     def drop_queue(self) -> None:
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
 
 
@@ -181,6 +187,12 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         super().connectionLost(reason)
 
     def onOpen(self) -> None:
+        # Autobahn keeps the whole opening handshake on every connection (about 1 KiB); it
+        # reads it only while the handshake runs, so an idle dashboard need not carry it.
+        self.http_headers = {}
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.http_status_line = ""
         self._hub_peer = WebSocketPeer(self, self.factory.max_queued_bytes)
         self.factory.hub.connection_opened(self._hub_peer)
 
