@@ -29,6 +29,7 @@ from telemetry_service.websocket import (
 )
 
 from . import examples as ex
+from .fakes import telemetry_only
 
 
 def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -196,3 +197,167 @@ def test_a_bug_in_the_hub_costs_one_message_not_the_connection(
     c.send(ex.packet_sent())
     assert not c.transport.disconnecting
     assert logs.matching("Error while handling a message")
+
+
+# -- the fast path for simple data frames, and what it leaves to Autobahn
+
+
+def fresh(catalog: SchemaCatalog, **settings: Any) -> tuple[Hub, TelemetryServerFactory]:
+    s = Settings(**settings)
+    hub = Hub(catalog, s, Clock(), prepared_fanout)
+    return hub, TelemetryServerFactory(hub, s)
+
+
+@pytest.fixture
+def made(catalog: SchemaCatalog) -> Iterator[Any]:
+    connections: list[Connected] = []
+
+    def make(**settings: Any) -> tuple[Hub, Connected, Connected]:
+        hub, factory = fresh(catalog, **settings)
+        sender, listener = Connected(factory), Connected(factory)
+        connections.extend((sender, listener))
+        return hub, sender, listener
+
+    yield make
+    for c in connections:
+        c.lose()
+
+
+def packets(n: int) -> list[dict[str, Any]]:
+    return [ex.packet_sent("connector-a", i) for i in range(n)]
+
+
+def received(listener: Connected) -> list[dict[str, Any]]:
+    return telemetry_only(json.loads(p) for op, p in listener.frames() if op == 0x1)
+
+
+def test_many_frames_in_one_read_are_all_delivered_in_order(made: Any) -> None:
+    _, sender, listener = made()
+    wire = b"".join(client_frame(json.dumps(m).encode()) for m in packets(50))
+    sender.protocol.dataReceived(wire)
+    assert received(listener) == packets(50)
+
+
+def test_frames_split_at_every_byte_are_delivered_once(made: Any) -> None:
+    _, sender, listener = made()
+    wire = b"".join(client_frame(json.dumps(m).encode()) for m in packets(3))
+    for i in range(len(wire)):
+        sender.protocol.dataReceived(wire[i : i + 1])
+    assert received(listener) == packets(3)
+
+
+def test_a_ping_between_data_frames_is_answered_in_place(made: Any) -> None:
+    _, sender, listener = made()
+    one, two = (client_frame(json.dumps(m).encode()) for m in packets(2))
+    sender.protocol.dataReceived(one + client_frame(b"are you there", opcode=0x9) + two)
+    assert (0xA, b"are you there") in sender.frames()
+    assert received(listener) == packets(2)
+
+
+def test_a_fragmented_message_goes_through_autobahn(made: Any) -> None:
+    _, sender, listener = made()
+    payload = json.dumps(packets(1)[0]).encode()
+    first = client_frame(payload[:20], opcode=0x1)
+    first = bytes([first[0] & 0x7F]) + first[1:]  # FIN off
+    rest = client_frame(payload[20:], opcode=0x0)
+    sender.protocol.dataReceived(first + rest + client_frame(json.dumps(packets(2)[1]).encode()))
+    assert received(listener) == packets(2)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535])
+def test_length_encodings_at_their_boundaries(made: Any, size: int) -> None:
+    _, sender, listener = made(max_message_bytes=70_000)
+    message = ex.packet_sent(blob="")
+    filler = size - len(json.dumps(message, separators=(",", ":")))
+    if filler < 0:  # too small for a valid message: the hub must still answer it correctly
+        sender.send(b"x" * size if size else b"")
+        (error,) = sender.frames()
+        assert json.loads(error[1])["type"] == "ERROR"
+        return
+    message["data"]["blob"] = "b" * filler
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    assert len(payload) == size
+    sender.protocol.dataReceived(client_frame(payload))
+    assert received(listener) == [message]
+
+
+def test_invalid_utf8_text_closes_with_1007(made: Any) -> None:
+    _, sender, _listener = made()
+    sender.protocol.dataReceived(client_frame(b'{"type":"\xff\xfe"}'))
+    ((opcode, payload),) = sender.frames()
+    assert opcode == 0x8
+    assert struct.unpack("!H", payload[:2]) == (1007,)
+
+
+def test_binary_frame_that_is_not_utf8_is_only_refused(made: Any) -> None:
+    _, sender, _ = made()
+    sender.protocol.dataReceived(client_frame(b"\xff\xfe", opcode=0x2))
+    ((opcode, payload),) = sender.frames()
+    assert opcode == 0x1
+    assert json.loads(payload)["reason"] == "INVALID_UTF8"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda f: bytes([f[0] | 0x40]) + f[1:],  # RSV1 without a negotiated extension
+        lambda f: f[:1] + bytes([f[1] & 0x7F]) + f[6:],  # an unmasked client frame
+    ],
+    ids=["rsv-bit", "unmasked"],
+)
+def test_protocol_errors_are_left_to_autobahn(made: Any, mangle: Any) -> None:
+    hub, sender, _listener = made()
+    sender.protocol.dataReceived(mangle(client_frame(json.dumps(ex.packet_sent()).encode())))
+    frames = sender.frames()
+    assert frames[0][0] == 0x8
+    assert struct.unpack("!H", frames[0][1][:2]) == (1002,)
+    assert hub.stats.accepted == 0
+
+
+def test_oversize_frame_closes_with_1009(made: Any) -> None:
+    hub, sender, _ = made(max_message_bytes=1000)
+    sender.protocol.dataReceived(client_frame(json.dumps(ex.packet_sent(blob="x" * 2000)).encode()))
+    ((opcode, payload),) = sender.frames()
+    assert (opcode, struct.unpack("!H", payload[:2])) == (0x8, (1009,))
+    assert hub.stats.accepted == 0
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_own_framing_matches_autobahns(size: int) -> None:
+    from autobahn.websocket.protocol import PreparedMessage
+
+    from telemetry_service.websocket import text_frame
+
+    payload = b"p" * size
+    assert text_frame(payload) == PreparedMessage(payload, False, False, True).payloadHybi
+
+
+# -- the outbound queue
+
+
+def test_paused_peer_queues_and_catches_up_in_order(made: Any) -> None:
+    _, sender, listener = made()
+    listener.protocol.pauseProducing()
+    for m in packets(5):
+        sender.send(m)
+    assert listener.frames() == []
+    assert listener.protocol._hub_peer.queued_bytes > 0
+    listener.protocol.resumeProducing()
+    assert received(listener) == packets(5)
+    assert listener.protocol._hub_peer.queued_bytes == 0
+
+
+def test_peer_over_its_queue_limit_is_closed_with_4008(made: Any, logs: Any) -> None:
+    hub, sender, listener = made(max_queued_bytes=2000)
+    listener.protocol.pauseProducing()
+    for m in packets(20):
+        sender.send(m)
+    assert listener.protocol._hub_peer.queued_bytes == 0  # dropped, not kept
+    frames = listener.frames()
+    assert frames[-1][0] == 0x8
+    assert struct.unpack("!H", frames[-1][1][:2]) == (4008,)
+    assert logs.matching("with 4008")
+    # it gets nothing more, and the sender is unaffected
+    sender.send(ex.packet_sent("connector-a", 99))
+    assert listener.frames() == []
+    assert hub.stats.accepted == 21

@@ -1,0 +1,302 @@
+"""
+Delivery guarantees, without sockets: seq, resume, presence, filters, batches.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from telemetry_service.hub import Hub
+from telemetry_service.schemas import SchemaCatalog
+
+from . import examples as ex
+from .fakes import FakePeer, encode
+from .test_hub import dashboard, opened, send
+
+
+def seqs(peer: FakePeer) -> list[int]:
+    return [m["seq"] for m in peer.messages if "seq" in m]
+
+
+# -- seq
+
+
+def test_every_broadcast_carries_a_seq_growing_by_one(hub: Hub) -> None:
+    watcher = dashboard(hub)
+    a, b = opened(hub, 2)
+    for n in range(5):
+        send(hub, a, ex.packet_sent("connector-a", n))
+        send(hub, b, ex.packet_sent("connector-b", n))
+    # two presence events and ten messages
+    assert seqs(watcher) == list(range(1, 13))
+    assert hub.store.last_seq == 12
+
+
+def test_a_connectors_own_seq_field_is_replaced(hub: Hub) -> None:
+    watcher = dashboard(hub)
+    (a,) = opened(hub)
+    send(hub, a, {**ex.packet_sent(), "seq": 999})
+    assert watcher.messages[-1]["seq"] == 2
+
+
+def test_refused_messages_take_no_seq(hub: Hub) -> None:
+    watcher = dashboard(hub)
+    (a,) = opened(hub)
+    send(hub, a, ex.packet_sent())
+    send(hub, a, b"{bad")
+    send(hub, a, ex.packet_sent())
+    assert seqs(watcher) == [1, 2, 3]
+
+
+# -- resume
+
+
+def resume(hub: Hub, epoch: str | None = None, seq: int | None = None, **extra: Any) -> FakePeer:
+    request: dict[str, Any] = {} if epoch is None else {"epoch": epoch, "seq": seq}
+    return dashboard(hub, {"type": "CLIENT_CONNECT", "resume": request, **extra})
+
+
+def test_resume_sends_exactly_the_missed_messages_then_live(hub: Hub) -> None:
+    (a,) = opened(hub)
+    for n in range(10):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    # the dashboard last saw seq 4 (presence is 1, packets are 2..11)
+    peer = resume(hub, hub.store.epoch, 4)
+    status, *missed = peer.messages
+    assert status == {
+        "type": "RESUME",
+        "status": "resumed",
+        "epoch": hub.store.epoch,
+        "seq": 11,
+        "missed": 7,
+    }
+    assert [m["seq"] for m in missed] == list(range(5, 12))
+    assert [m["data"]["packetId"] for m in missed] == [ex.packet_id(n) for n in range(3, 10)]
+    send(hub, a, ex.packet_sent("connector-a", 10))
+    assert peer.messages[-1]["seq"] == 12
+
+
+def test_resume_at_the_newest_seq_misses_nothing(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, ex.packet_sent())
+    peer = resume(hub, hub.store.epoch, hub.store.last_seq)
+    assert peer.messages == [
+        {"type": "RESUME", "status": "resumed", "epoch": hub.store.epoch, "seq": 2, "missed": 0}
+    ]
+
+
+def test_resume_from_another_epoch_is_not_recovered_and_gets_the_snapshot(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, ex.node_status("connector-a"))
+    peer = resume(hub, "some-old-epoch", 41822)
+    status, snapshot = peer.messages
+    assert status["status"] == "not_recovered"
+    assert "epoch" in status["reason"]
+    assert status["epoch"] == hub.store.epoch
+    assert status["seq"] == hub.store.last_seq
+    assert snapshot == {**ex.node_status("connector-a"), "seq": 2, "online": True}
+
+
+def test_resume_past_the_history_is_not_recovered(make_hub: Any) -> None:
+    hub: Hub = make_hub(history_messages=5)
+    (a,) = opened(hub)
+    send(hub, a, ex.node_status("connector-a"))
+    for n in range(20):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    peer = resume(hub, hub.store.epoch, 3)
+    status, snapshot = peer.messages
+    assert status["status"] == "not_recovered"
+    assert "no longer holds every message after seq 3" in status["reason"]
+    assert snapshot["type"] == "NODE_STATUS"
+
+
+def test_resume_ahead_of_the_hub_is_not_recovered(hub: Hub) -> None:
+    peer = resume(hub, hub.store.epoch, 50)
+    assert peer.messages[0]["status"] == "not_recovered"
+
+
+def test_first_connection_asking_for_resume_learns_epoch_and_position(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, ex.node_status("connector-a"))
+    peer = resume(hub)
+    status, snapshot = peer.messages
+    assert status == {"type": "RESUME", "status": "fresh", "epoch": hub.store.epoch, "seq": 2}
+    assert snapshot["nodeId"] == "connector-a"
+
+
+def test_plain_client_connect_never_gets_a_resume_frame(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, ex.node_status("connector-a"))
+    assert [m["type"] for m in dashboard(hub).messages] == ["NODE_STATUS"]
+    assert [m["type"] for m in dashboard(hub, ex.CLIENT_CONNECT_DASHBOARD).messages] == [
+        "NODE_STATUS"
+    ]
+
+
+def test_a_new_hub_has_a_new_epoch(make_hub: Any) -> None:
+    assert make_hub().store.epoch != make_hub().store.epoch
+
+
+@pytest.mark.parametrize(
+    "resume_request",
+    [{"epoch": "x"}, {"seq": 3}, {"epoch": "x", "seq": -1}, {"epoch": "x", "seq": "3"}, []],
+)
+def test_malformed_resume_request_is_refused(hub: Hub, resume_request: Any) -> None:
+    (peer,) = opened(hub)
+    send(hub, peer, {"type": "CLIENT_CONNECT", "resume": resume_request})
+    assert peer.messages[-1]["reason"] == "SCHEMA_VIOLATION"
+
+
+# -- presence
+
+
+def presence(peer: FakePeer) -> list[tuple[str, bool]]:
+    return [(m["nodeId"], m["online"]) for m in peer.messages if m["type"] == "NODE_PRESENCE"]
+
+
+def test_presence_follows_the_last_connection_of_a_node(hub: Hub) -> None:
+    watcher = dashboard(hub)
+    first, second = opened(hub, 2)
+    send(hub, first, ex.node_status("connector-a"))
+    send(hub, second, ex.packet_sent("connector-a"))  # a second connection of the same node
+    hub.connection_closed(first)
+    assert presence(watcher) == [("connector-a", True)]
+    hub.connection_closed(second)
+    assert presence(watcher) == [("connector-a", True), ("connector-a", False)]
+    (back,) = opened(hub)
+    send(hub, back, ex.packet_sent("connector-a"))
+    assert presence(watcher)[-1] == ("connector-a", True)
+    event = [m for m in watcher.messages if m["type"] == "NODE_PRESENCE"][-1]
+    assert event["timestamp"].endswith("Z")
+    assert isinstance(event["seq"], int)
+
+
+def test_a_later_dashboard_can_tell_online_from_offline_nodes(hub: Hub) -> None:
+    a, b = opened(hub, 2)
+    send(hub, a, ex.node_status("connector-a"))
+    send(hub, b, ex.node_status("connector-b"))
+    hub.connection_closed(b)
+    replay = dashboard(hub).messages
+    assert [(m["nodeId"], m["online"]) for m in replay] == [
+        ("connector-a", True),
+        ("connector-b", False),
+    ]
+    # what the existing dashboard reads is untouched
+    assert {k: v for k, v in replay[0].items() if k not in ("seq", "online")} == ex.node_status(
+        "connector-a"
+    )
+
+
+# -- filters
+
+
+def test_filter_by_type_and_node_applies_to_live_messages(hub: Hub) -> None:
+    a, b = opened(hub, 2)
+    picky = dashboard(
+        hub,
+        {
+            "type": "CLIENT_CONNECT",
+            "filter": {"types": ["PACKET_SENT"], "nodeIds": ["connector-a"]},
+        },
+    )
+    everything = dashboard(hub)
+    send(hub, a, ex.packet_sent("connector-a", 1))
+    send(hub, a, ex.packet_received("connector-a", 1))
+    send(hub, b, ex.packet_sent("connector-b", 1))
+    assert picky.telemetry == [ex.packet_sent("connector-a", 1)]
+    assert len(everything.telemetry) == 3
+
+
+def test_filter_applies_to_the_snapshot(hub: Hub) -> None:
+    a, b = opened(hub, 2)
+    send(hub, a, ex.node_status("connector-a"))
+    send(hub, b, ex.node_status("connector-b"))
+    peer = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"nodeIds": ["connector-b"]}})
+    assert [m["nodeId"] for m in peer.messages] == ["connector-b"]
+    none = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"types": ["PACKET_SENT"]}})
+    assert none.messages == []
+
+
+def test_filter_applies_to_resumed_messages(hub: Hub) -> None:
+    a, b = opened(hub, 2)
+    for n in range(3):
+        send(hub, a, ex.packet_sent("connector-a", n))
+        send(hub, b, ex.packet_sent("connector-b", n))
+    peer = resume(hub, hub.store.epoch, 0, filter={"nodeIds": ["connector-b"]})
+    status, *missed = peer.messages
+    assert status["missed"] == 4  # connector-b's presence and its three packets
+    assert {m["nodeId"] for m in missed} == {"connector-b"}
+
+
+def test_presence_is_a_type_a_filter_can_choose(hub: Hub) -> None:
+    peer = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"types": ["NODE_PRESENCE"]}})
+    (a,) = opened(hub)
+    send(hub, a, ex.packet_sent("connector-a"))
+    assert [m["type"] for m in peer.messages] == ["NODE_PRESENCE"]
+
+
+def test_client_connect_again_replaces_the_filter(hub: Hub) -> None:
+    (a,) = opened(hub)
+    peer = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"types": ["LOG"]}})
+    send(hub, a, ex.packet_sent())
+    assert peer.telemetry == []
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    send(hub, a, ex.packet_sent(n=2))
+    assert peer.telemetry == [ex.packet_sent(n=2)]
+
+
+# -- batches
+
+
+def test_batch_events_are_validated_and_broadcast_one_by_one(hub: Hub) -> None:
+    watcher = dashboard(hub)
+    (a,) = opened(hub)
+    events = [ex.packet_received("connector-a", 1), ex.route_lookup("connector-a", None)]
+    bad = ex.packet_sent("connector-a", 1, nextHop=5)
+    send(hub, a, {"batch": [events[0], bad, "nope", events[1]]})
+    assert watcher.telemetry == events
+    errors = a.messages
+    assert [(e["reason"], e["index"]) for e in errors] == [
+        ("SCHEMA_VIOLATION", 1),
+        ("NOT_AN_OBJECT", 2),
+    ]
+    assert hub.stats.accepted == 2
+    assert hub.stats.rejected == 2
+
+
+def test_batch_must_be_a_bounded_array(make_hub: Any) -> None:
+    hub: Hub = make_hub(max_batch=3)
+    (a,) = opened(hub)
+    send(hub, a, {"batch": "nope"})
+    send(hub, a, {"batch": [ex.packet_sent()] * 4})
+    assert [e["reason"] for e in a.messages] == ["INVALID_BATCH", "INVALID_BATCH"]
+
+
+def test_a_batch_binds_the_connector_like_single_events(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, {"batch": [ex.node_status("connector-a"), ex.packet_sent("connector-z")]})
+    assert hub.live_connectors("connector-a") == 1
+    assert a.messages[-1]["reason"] == "NODE_ID_MISMATCH"
+
+
+def test_reserved_types_cannot_be_given_a_schema(tmp_path: Any) -> None:
+    import shutil
+
+    from telemetry_service.errors import ConfigurationError
+    from telemetry_service.schemas import shipped_schemas_dir
+
+    folder = tmp_path / "schemas"
+    shutil.copytree(shipped_schemas_dir(), folder)
+    (folder / "NODE_PRESENCE.json").write_text(json.dumps({"type": "object"}))
+    with pytest.raises(ConfigurationError, match="sent by the hub itself"):
+        SchemaCatalog.load(folder)
+
+
+def test_connectors_cannot_forge_hub_events(hub: Hub) -> None:
+    (a,) = opened(hub)
+    send(hub, a, {"type": "NODE_PRESENCE", "nodeId": "x", "online": False})
+    send(hub, a, encode({"type": "RESUME", "status": "resumed"}))
+    assert [e["reason"] for e in a.messages] == ["UNKNOWN_TYPE", "UNKNOWN_TYPE"]
