@@ -25,7 +25,8 @@ ENV PATH=/opt/telemetry-hub/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER telemetry
 WORKDIR /tmp
-EXPOSE 9000
+# 9000: WebSocket for connectors and dashboards; 8080: the live page and /health
+EXPOSE 9000 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["telemetry-healthcheck"]
 # exec form: twistd is PID 1 and receives SIGTERM itself (1001 to every peer, exit 0)

@@ -28,7 +28,9 @@ from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
+from telemetry_service.web import build_site
 from telemetry_service.websocket import (
+    Listener,
     TelemetryServerFactory,
     WebSocketListener,
     prepared_fanout,
@@ -98,6 +100,13 @@ OPTIONS = [
         str,
         "WebSocket listening port: a number or a Twisted endpoint string "
         "(tcp:9000:interface=127.0.0.1, ssl:9443:privateKey=key.pem, unix:/run/hub.sock)",
+    ),
+    Option(
+        "http-port",
+        "TELEMETRY_HTTP_PORT",
+        "8080",
+        str,
+        "HTTP port for the live network page (/) and /health: a number, an endpoint string, or off",
     ),
     Option(
         "schemas",
@@ -260,6 +269,10 @@ class Options(usage.Options):
             raise usage.UsageError("ping interval and timeout must be at least 1 second")
         self.settings = settings
         self.endpoint = endpoint_description(values["port"] or "9000", settings.backlog)
+        http = (values["http-port"] or "8080").strip()
+        self.http_endpoint: str | None = (
+            None if http.lower() == "off" else endpoint_description(http, settings.backlog)
+        )
         self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
         self.log_level: str = values["log-level"] or "info"
         self.log_format: str = values["log-format"] or "text"
@@ -391,6 +404,16 @@ def build_service(
     listener = WebSocketListener(endpoint, options.endpoint, factory, settings, clock)
     listener.setName("websocket")
     listener.setServiceParent(service)
+    if options.http_endpoint is not None:
+        try:
+            http_endpoint = serverFromString(reactor, options.http_endpoint)
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            raise ConfigurationError(f"bad --http-port {options.http_endpoint!r}: {e}") from None
+        site = build_site(hub, lambda: listener.port_number)
+        web = Listener(http_endpoint, options.http_endpoint, site)
+        web.what = "page and /health"
+        web.setName("http")
+        web.setServiceParent(service)
     return service
 
 

@@ -334,28 +334,28 @@ class TelemetryServerFactory(WebSocketServerFactory):
         )
 
 
-class WebSocketListener(Service):
+class Listener(Service):
     """
-    Listens on one endpoint; on stop, closes every connection with 1001 and waits briefly
-    for the closing handshakes.
+    Listens on one endpoint from C{privilegedStartService} on; a port that cannot be had
+    raises L{ConfigurationError} at once, naming it.
     """
 
     _log = Logger()
+    #: what the log line calls this listener
+    what = "server"
 
-    def __init__(
-        self,
-        endpoint: Any,
-        description: str,
-        factory: TelemetryServerFactory,
-        settings: Settings,
-        clock: IReactorTime,
-    ) -> None:
+    def __init__(self, endpoint: Any, description: str, factory: Any) -> None:
         self._endpoint = endpoint
         self._description = description
         self._factory = factory
-        self._settings = settings
-        self._clock = clock
         self.port: IListeningPort | None = None
+
+    @property
+    def port_number(self) -> int | None:
+        if self.port is None:
+            return None
+        number = getattr(self.port.getHost(), "port", None)
+        return number if isinstance(number, int) else None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -372,7 +372,8 @@ class WebSocketListener(Service):
         port = getattr(address, "port", None)
         where = f"{address.host}:{port}" if port is not None else str(address)
         self._log.info(
-            "Telemetry WebSocket server listening on {address} (port {port})",
+            "Telemetry {what} listening on {address} (port {port})",
+            what=self.what,
             address=where,
             port=port,
             endpoint=self._description,
@@ -384,16 +385,42 @@ class WebSocketListener(Service):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
-        connections = list(self._factory.connections)
+
+
+class WebSocketListener(Listener):
+    """
+    The WebSocket port; on stop, it also closes every connection with 1001 and waits
+    briefly for the closing handshakes.
+    """
+
+    what = "WebSocket server"
+
+    def __init__(
+        self,
+        endpoint: Any,
+        description: str,
+        factory: TelemetryServerFactory,
+        settings: Settings,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(endpoint, description, factory)
+        self._settings = settings
+        self._clock = clock
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()
+        factory: TelemetryServerFactory = self._factory
+        connections = list(factory.connections)
         if not connections:
             return
         self._log.info("Closing {count} connections with 1001 (going away)", count=len(connections))
         for protocol in connections:
             protocol.go_away()
         deadline = self._clock.seconds() + self._settings.shutdown_grace
-        while self._factory.connections and self._clock.seconds() < deadline:
+        while factory.connections and self._clock.seconds() < deadline:
             yield _sleep(self._clock, 0.05)
-        for protocol in list(self._factory.connections):
+        for protocol in list(factory.connections):
             protocol.dropConnection(abort=True)
 
 

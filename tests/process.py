@@ -36,10 +36,13 @@ class HubProcess:
         env: dict[str, str] | None = None,
         port: str | None = "tcp:0:interface=127.0.0.1",
         cwd: Path | None = None,
+        http_port: str | None = "tcp:0:interface=127.0.0.1",
     ) -> None:
         argv = [twistd or twistd_path(), "-n", "--pidfile=", "telemetry", "--log-format", "json"]
         if port is not None:
             argv += ["--port", port]
+        if http_port is not None:
+            argv += ["--http-port", http_port]
         argv += list(args)
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith(("TELEMETRY_", "LOG_"))
@@ -93,7 +96,13 @@ class HubProcess:
         )
 
     def wait_listening(self) -> int:
-        record = self.wait_for(lambda r: "listening on" in r.get("message", ""))
+        """The WebSocket port, once the hub listens."""
+        record = self.wait_for(lambda r: "WebSocket server listening on" in r.get("message", ""))
+        return int(record["port"])
+
+    def wait_http(self) -> int:
+        """The HTTP port of the page and /health, once the hub listens there."""
+        record = self.wait_for(lambda r: "page and /health listening on" in r.get("message", ""))
         return int(record["port"])
 
     def messages(self) -> list[str]:

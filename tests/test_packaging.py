@@ -102,7 +102,7 @@ def test_dockerfile_uses_the_steps_tested_above() -> None:
     assert REGENERATE_PLUGIN_CACHE in dockerfile
     assert f"CMD {HUB_COMMAND}" in dockerfile
     assert f"CMD {HEALTHCHECK}" in dockerfile
-    assert "EXPOSE 9000" in dockerfile
+    assert "EXPOSE 9000 8080" in dockerfile
     for copied in ("pyproject.toml", "telemetry_service", "twisted", "schemas"):
         assert f"COPY {copied}" in dockerfile
 

@@ -114,7 +114,15 @@ class RunningHub:
 
     def __init__(self, *argv: str) -> None:
         options = Options(environ={})
-        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", *argv])
+        options.parseOptions(
+            [
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--http-port",
+                "tcp:0:interface=127.0.0.1",
+                *argv,
+            ]
+        )
         catalog = SchemaCatalog.load(options.schemas_dir or shipped_schemas_dir())
         self.service: TelemetryHubService = build_service(options, reactor, catalog)
         self.hub = self.service.hub
@@ -130,6 +138,11 @@ class RunningHub:
     def port(self) -> int:
         assert self.listener.port is not None
         return int(self.listener.port.getHost().port)
+
+    @property
+    def http_port(self) -> int:
+        web: Any = self.service.getServiceNamed("http")
+        return int(web.port_number)
 
     @property
     def factory(self) -> Any:

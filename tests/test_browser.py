@@ -1,0 +1,207 @@
+"""
+The live network page in a real Chromium (Debian's /usr/bin/chromium, driven by
+Playwright), against a real hub fed by the simulator: nodes and their health colours,
+counters moving, a node going offline and coming back, and the hub going away.
+Screenshots land in test-results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from . import examples as ex
+from .process import REPO, HubProcess
+
+CHROMIUM = "/usr/bin/chromium"
+RESULTS = REPO / "test-results"
+# what Chromium needs to run headless as root on a machine with no network but loopback
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+COLORS = {"healthy": "rgb(46,125,50)", "unhealthy": "rgb(198,40,40)", "offline": "rgb(158,158,158)"}
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture
+def hub() -> Iterator[HubProcess]:
+    process = HubProcess()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def simulator(hub: HubProcess) -> Iterator[subprocess.Popen[str]]:
+    port = hub.wait_listening()
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "telemetry-sim"),
+            "--url",
+            f"ws://127.0.0.1:{port}/",
+            "--nodes",
+            "4",
+            "--topology",
+            "linear",
+            "--rate",
+            "20",
+            "--seed",
+            "11",
+            "--report-every",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield process
+    process.terminate()
+    process.wait(timeout=10)
+
+
+class ExtraConnector:
+    """A connector of our own, to stop and bring back: connector-x, reporting unhealthy."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://127.0.0.1:{port}/"
+        self.connection: Any = None
+
+    async def start(self, first: bool) -> None:
+        self.connection = await websockets.connect(self.url)
+        if first:
+            await self.connection.send(
+                json.dumps(ex.node_status("connector-x", health="unhealthy"))
+            )
+        else:  # real connectors do not resend NODE_STATUS after a reconnect
+            await self.connection.send(json.dumps(ex.packet_received("connector-x")))
+
+    async def stop(self) -> None:
+        await self.connection.close()
+
+
+async def node_states(page: Any) -> dict[str, str]:
+    rows = await page.query_selector_all("#nodes tbody tr")
+    return {
+        await r.get_attribute("data-node-id"): await r.get_attribute("data-state") for r in rows
+    }
+
+
+async def wait_for(page: Any, check: Any, what: str, timeout: float = 15) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            await page.screenshot(path=str(RESULTS / "failure.png"), full_page=True)
+            raise AssertionError(f"timed out waiting for {what}; last saw {value!r}")
+        await asyncio.sleep(0.2)
+
+
+async def graph_colors(page: Any) -> dict[str, str]:
+    script = "cy.nodes().map(n => [n.id(), n.style('background-color').replace(/ /g, '')])"
+    colors: dict[str, str] = dict(await page.evaluate(script))
+    return colors
+
+
+async def received_counts(page: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in await page.query_selector_all("#nodes tbody tr"):
+        cell = await row.query_selector("td.received")
+        assert cell is not None
+        counts[str(await row.get_attribute("data-node-id"))] = int(await cell.inner_text())
+    return counts
+
+
+def test_the_page_shows_the_live_network(hub: HubProcess, simulator: Any) -> None:
+    from playwright.async_api import async_playwright
+
+    RESULTS.mkdir(exist_ok=True)
+    ws_port, http_port = hub.wait_listening(), hub.wait_http()
+    simulated = {"connector-a", "connector-b", "connector-c", "connector-d"}
+
+    async def scenario() -> None:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(f"http://127.0.0.1:{http_port}/")
+            await page.wait_for_selector("#hub-state[data-state=connected]", timeout=15_000)
+
+            # the simulated topology appears, every node healthy and green
+            async def all_healthy() -> bool:
+                states = await node_states(page)
+                return simulated <= states.keys() and all(states[n] == "healthy" for n in simulated)
+
+            await wait_for(page, all_healthy, "four healthy nodes")
+            colors = await graph_colors(page)
+            assert {n: colors[n] for n in simulated} == {n: COLORS["healthy"] for n in simulated}
+            edges = await page.evaluate("cy.edges().map(e => e.id()).sort()")
+            assert {
+                "connector-a--connector-b",
+                "connector-b--connector-c",
+                "connector-c--connector-d",
+            } <= set(edges)
+
+            # counters move as packets flow, and recent packets show their path
+            before = await received_counts(page)
+            await asyncio.sleep(2.5)
+            after = await received_counts(page)
+            assert sum(after.values()) > sum(before.values())
+            paths = await page.eval_on_selector_all(
+                "#packets td.path", "cells => cells.map(c => c.textContent)"
+            )
+            assert any(" → " in p for p in paths)
+
+            # a node of our own: unhealthy (red), offline when it stops, back when it returns
+            extra = ExtraConnector(ws_port)
+            await extra.start(first=True)
+            await wait_for(
+                page, lambda: _state_is(page, "connector-x", "unhealthy"), "connector-x unhealthy"
+            )
+            assert (await graph_colors(page))["connector-x"] == COLORS["unhealthy"]
+            await page.screenshot(path=str(RESULTS / "dashboard.png"), full_page=True)
+            await extra.stop()
+            await wait_for(
+                page, lambda: _state_is(page, "connector-x", "offline"), "connector-x offline"
+            )
+            assert (await graph_colors(page))["connector-x"] == COLORS["offline"]
+            await extra.start(first=False)
+            await wait_for(
+                page, lambda: _state_is(page, "connector-x", "unhealthy"), "connector-x back"
+            )
+            await extra.stop()
+
+            # the hub goes away: the page says so
+            hub.signal()
+            assert hub.wait(timeout=10) == 0
+            await page.wait_for_selector("#unreachable:not([hidden])", timeout=15_000)
+            assert await page.get_attribute("#hub-state", "data-state") == "unreachable"
+            await page.screenshot(path=str(RESULTS / "unreachable.png"), full_page=True)
+            await browser.close()
+
+    asyncio.run(scenario())
+
+
+async def _state_is(page: Any, node: str, state: str) -> bool:
+    return (await node_states(page)).get(node) == state

@@ -1,0 +1,253 @@
+"""
+The connector simulator and the tail command: what they send and print, checked against
+the real clients' shapes and a real hub.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from telemetry_service.schemas import SchemaCatalog
+from telemetry_service.sim import Simulation, Topology
+from telemetry_service.tail import format_line, hello, parse, summary
+
+from . import examples as ex
+from .process import HubProcess
+
+# -- topologies
+
+
+def test_linear_topology_routes_along_the_line() -> None:
+    t = Topology.build("linear", 4)
+    assert t.nodes == ["connector-a", "connector-b", "connector-c", "connector-d"]
+    assert t.peers["connector-b"] == ["connector-a", "connector-c"]
+    assert t.path("connector-a", "connector-d") == [
+        "connector-a",
+        "connector-b",
+        "connector-c",
+        "connector-d",
+    ]
+    assert t.path("connector-d", "connector-b") == ["connector-d", "connector-c", "connector-b"]
+
+
+def test_mesh_routes_directly() -> None:
+    t = Topology.build("mesh", 5)
+    assert all(len(p) == 4 for p in t.peers.values())
+    assert t.path("connector-a", "connector-e") == ["connector-a", "connector-e"]
+
+
+def test_hub_and_spoke_routes_through_the_hub() -> None:
+    t = Topology.build("hub", 5)
+    assert t.peers["connector-a"] == ["connector-b", "connector-c", "connector-d", "connector-e"]
+    assert t.path("connector-b", "connector-e") == ["connector-b", "connector-a", "connector-e"]
+
+
+def test_topology_needs_two_nodes() -> None:
+    with pytest.raises(ValueError):
+        Topology.build("linear", 1)
+
+
+# -- what the simulator sends
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def simulation() -> Iterator[tuple[Simulation, list[dict[str, Any]], Clock]]:
+    clock = Clock()
+    sim = Simulation(clock, "ws://127.0.0.1:1/", Topology.build("linear", 4), rate=1, seed=3)
+    events: list[dict[str, Any]] = []
+    for connector in sim.connectors.values():
+        connector.send = events.append  # type: ignore[method-assign]
+    yield sim, events, clock
+
+
+def test_every_simulated_event_is_valid_telemetry(simulation: Any, catalog: SchemaCatalog) -> None:
+    sim, events, clock = simulation
+    for _ in range(200):
+        sim.send_packet()
+    clock.advance(1)
+    for node in sim.connectors.values():
+        events.append(node.status)
+    assert len(events) > 600
+    for event in events:
+        assert catalog.validate(event) == event["type"]
+
+
+def test_each_hop_sends_received_lookup_then_sent_after_the_reply(simulation: Any) -> None:
+    sim, events, clock = simulation
+    sim.no_route = 0.0
+    sim.random.seed(1)
+    while True:
+        events.clear()
+        sim.send_packet()
+        clock.advance(1)
+        if len({e["nodeId"] for e in events}) == 4:  # a packet across all four nodes
+            break
+    sequence = [(e["nodeId"][-1], e["type"]) for e in events]
+    hops = [n for n, t in sequence if t == "PACKET_RECEIVED"]
+    first, *middle, last = hops
+    assert sequence[:2] == [(first, "PACKET_RECEIVED"), (first, "ROUTE_LOOKUP")]
+    # replies come back in reverse: PACKET_SENT from the second-to-last hop first
+    sent = [n for n, t in sequence if t == "PACKET_SENT"]
+    assert sent == list(reversed([first, *middle]))
+    assert last not in sent
+    assert all(t != "PACKET_SENT" for _, t in sequence[: 2 * len(hops)])
+    packet_ids = {e["data"]["packetId"] for e in events if "packetId" in e["data"]}
+    assert len(packet_ids) == 1 and len(packet_ids.pop()) == 64
+
+
+def test_some_packets_find_no_route(simulation: Any) -> None:
+    sim, events, clock = simulation
+    sim.no_route = 1.0
+    sim.send_packet()
+    clock.advance(1)
+    received, lookup = events
+    assert received["type"] == "PACKET_RECEIVED"
+    assert lookup["data"]["selectedPeer"] is None
+    assert lookup["data"]["reason"] == "no route found"
+
+
+def test_node_status_describes_the_topology(simulation: Any) -> None:
+    sim, _, _ = simulation
+    status = sim.connectors["connector-b"].status
+    assert [p["id"] for p in status["data"]["peers"]] == ["connector-a", "connector-c"]
+    assert {r["nextHop"] for r in status["data"]["routes"]} == {"connector-a", "connector-c"}
+    assert status["data"]["health"] == "healthy"
+
+
+def test_rate_is_kept(simulation: Any) -> None:
+    sim, _, clock = simulation
+    sim.rate = 50
+    sim._loop.start(0.01, now=False)
+    for _ in range(200):
+        clock.advance(0.01)
+    sim._loop.stop()
+    assert 95 <= sim.packets <= 101
+
+
+# -- tail
+
+
+def test_tail_lines_for_people() -> None:
+    assert summary(ex.route_lookup(selected_peer=None)) == (
+        "g.connectorC.dest -> NO ROUTE (no route found)"
+    )
+    assert "healthy online peers 1/1 routes 1" in summary({**ex.node_status(), "online": True})
+    line = format_line({**ex.packet_sent(), "seq": 7}, colour=False)
+    assert "#7" in line and "PACKET_SENT" in line and "connector-b" in line
+    assert "\x1b[" in format_line(ex.packet_sent(), colour=True)
+    assert "\x1b[" not in line
+
+
+def test_tail_asks_the_hub_to_filter() -> None:
+    args = parse(["--type", "PACKET_SENT", "--type", "LOG", "--node", "connector-a"])
+    assert hello(args) == {
+        "type": "CLIENT_CONNECT",
+        "filter": {"types": ["PACKET_SENT", "LOG"], "nodeIds": ["connector-a"]},
+    }
+    assert hello(parse([])) == {"type": "CLIENT_CONNECT"}
+
+
+# -- against a real hub
+
+
+def tool(name: str) -> str:
+    from pathlib import Path
+
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture
+def hub() -> Iterator[HubProcess]:
+    process = HubProcess()
+    yield process
+    process.stop()
+
+
+def test_simulator_and_tail_against_a_real_hub(hub: HubProcess) -> None:
+    port = hub.wait_listening()
+    url = f"ws://127.0.0.1:{port}/"
+    tail = subprocess.Popen(
+        [
+            tool("telemetry-tail"),
+            "--url",
+            url,
+            "--json",
+            "--count",
+            "30",
+            "--type",
+            "PACKET_RECEIVED",
+            "--type",
+            "ROUTE_LOOKUP",
+            "--node",
+            "connector-b",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sim = subprocess.run(
+        [
+            tool("telemetry-sim"),
+            "--url",
+            url,
+            "--nodes",
+            "3",
+            "--topology",
+            "mesh",
+            "--rate",
+            "40",
+            "--duration",
+            "3",
+            "--measure",
+            "--report-every",
+            "0",
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert sim.returncode == 0, sim.stderr
+    report = json.loads(sim.stdout.strip().splitlines()[-1])
+    assert report["sent"]["NODE_STATUS"] == 3
+    assert report["packets"] >= 80
+    assert report["sent"]["PACKET_RECEIVED"] >= report["packets"]
+    assert report["dropped_while_disconnected"] == 0
+    assert report["latency"]["messages"] > 100
+    assert 0 < report["latency"]["p50_ms"] <= report["latency"]["p99_ms"] < 1000
+    out, _ = tail.communicate(timeout=30)
+    assert tail.returncode == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 30
+    assert {m["type"] for m in lines} <= {"PACKET_RECEIVED", "ROUTE_LOOKUP"}
+    assert {m["nodeId"] for m in lines} == {"connector-b"}
+    assert hub.process.poll() is None
+    # the hub accepted every simulated event: real connectors' shapes pass its schemas
+    with urllib.request.urlopen(f"http://127.0.0.1:{hub.wait_http()}/health", timeout=5) as r:
+        health = json.loads(r.read())
+    assert health["rejected"] == 0
+    assert health["accepted"] == sum(report["sent"].values())
+
+
+def test_tail_says_when_it_cannot_connect() -> None:
+    result = subprocess.run(
+        [tool("telemetry-tail"), "--url", "ws://127.0.0.1:1/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot connect" in result.stderr

@@ -1,0 +1,95 @@
+"""
+The hub's HTTP side on a real loopback port: the page, its files, /health, /config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.web.client import Agent, readBody
+
+from . import examples as ex
+from .wsclient import RunningHub, settle
+
+
+@pytest.fixture
+def hub() -> Iterator[RunningHub]:
+    running = RunningHub().start()
+    yield running
+    pytest_twisted.blockon(defer.ensureDeferred(running.stop()))
+
+
+async def get(hub: RunningHub, path: str) -> tuple[int, dict[str, list[str]], bytes]:
+    agent = Agent(reactor)
+    response = await agent.request(b"GET", f"http://127.0.0.1:{hub.http_port}{path}".encode())
+    body = await readBody(response)
+    headers = {
+        k.decode().lower(): [v.decode() for v in vs]
+        for k, vs in response.headers.getAllRawHeaders()
+    }
+    return response.code, headers, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_and_its_files_are_served(hub: RunningHub) -> None:
+    code, headers, body = await get(hub, "/")
+    assert code == 200
+    assert headers["content-type"][0].startswith("text/html")
+    assert b'<div id="graph"' in body
+    for script in (b"vendor/cytoscape-3.35.0.min.js", b"app.js"):
+        assert script in body
+        code, _, content = await get(hub, "/" + script.decode())
+        assert code == 200 and len(content) > 1000
+    code, _, _ = await get(hub, "/app.css")
+    assert code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_folders_are_not_listed(hub: RunningHub) -> None:
+    code, _, _ = await get(hub, "/vendor/")
+    assert code == 403
+    code, _, _ = await get(hub, "/no-such-file")
+    assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_names_the_websocket_port(hub: RunningHub) -> None:
+    code, headers, body = await get(hub, "/config.json")
+    assert code == 200
+    assert headers["content-type"] == ["application/json"]
+    assert json.loads(body) == {"wsPort": hub.port}
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_reports_the_hub(hub: RunningHub) -> None:
+    connector = await hub.connect()
+    connector.send(ex.node_status("connector-a"))
+    connector.send(b"{bad")
+    dashboard = await hub.dashboard()
+    await settle(0.1)
+    code, headers, body = await get(hub, "/health")
+    assert code == 200
+    assert headers["cache-control"] == ["no-store"]
+    health: dict[str, Any] = json.loads(body)
+    assert health["status"] == "ok"
+    assert health["connections"] == {
+        "listener": 0,
+        "dashboard": 1,
+        "connector": 1,
+        "unidentified": 0,
+        "nodes": 1,
+    }
+    assert (health["accepted"], health["rejected"]) == (1, 1)
+    assert health["seq"] == 2  # presence and NODE_STATUS
+    assert health["epoch"] == hub.hub.store.epoch
+    assert dashboard is not None
+
+
+def test_http_can_be_turned_off() -> None:
+    running = RunningHub("--http-port", "off")
+    assert [s.name for s in running.service] == ["websocket"]
