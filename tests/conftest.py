@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
@@ -13,6 +15,7 @@ from telemetry_service.hub import Hub
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 
 from .fakes import RecordingFanout
+from .wsclient import RunningHub
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,3 +76,18 @@ def make_hub(catalog: SchemaCatalog, clock: Clock, fanout: RecordingFanout) -> A
 def hub(make_hub: Any) -> Hub:
     hub: Hub = make_hub()
     return hub
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., RunningHub]]:
+    """Start the real hub service in this process on loopback ports; drained afterwards."""
+    hubs: list[RunningHub] = []
+
+    def starter(*argv: str) -> RunningHub:
+        hub = RunningHub(*argv).start()
+        hubs.append(hub)
+        return hub
+
+    yield starter
+    for hub in hubs:
+        pytest_twisted.blockon(defer.ensureDeferred(hub.stop()))

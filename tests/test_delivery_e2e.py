@@ -5,10 +5,9 @@ presence, filters, and a stuck reader cut off while the others keep up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import LoopingCall
@@ -17,20 +16,6 @@ from . import examples as ex
 from .wsclient import RunningHub, WsClient, settle
 
 Start = Callable[..., RunningHub]
-
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    hubs: list[RunningHub] = []
-
-    def starter(*argv: str) -> RunningHub:
-        hub = RunningHub(*argv).start()
-        hubs.append(hub)
-        return hub
-
-    yield starter
-    for hub in hubs:
-        pytest_twisted.blockon(defer.ensureDeferred(hub.stop()))
 
 
 class Pump:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,20 +24,6 @@ from .fakes import telemetry_only
 from .wsclient import RunningHub, WsClient, connect, settle
 
 Start = Callable[..., RunningHub]
-
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    hubs: list[RunningHub] = []
-
-    def starter(*argv: str) -> RunningHub:
-        hub = RunningHub(*argv).start()
-        hubs.append(hub)
-        return hub
-
-    yield starter
-    for hub in hubs:
-        pytest_twisted.blockon(defer.ensureDeferred(hub.stop()))
 
 
 # -- the seed's Task 10
