@@ -175,3 +175,22 @@ async def test_a_stuck_reader_is_cut_off_while_the_others_keep_up(start: Start, 
     stuck.transport.resumeProducing()
     await stuck.close_code(timeout=10)
     assert reactor.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stuck_reader_is_dropped_by_its_ping_timeout_even_with_a_full_buffer(
+    start: Start, logs: Any
+) -> None:
+    # a queue limit too large to be reached: only the ping timeout can end it
+    hub = start("--ping-interval", "1", "--ping-timeout", "1", "--max-queued-bytes", "1000000000")
+    stuck = await hub.dashboard()
+    await settle()
+    stuck.transport.pauseProducing()
+    connector = await hub.connect()
+    # enough to fill the socket buffers and the transport's, so the ping waits behind data
+    await Pump(connector, 2000, per_tick=20, blob="z" * 4000).start()
+    (server_side,) = [p for p in hub.factory.connections if p._hub_peer and p._hub_peer.congested]
+    assert server_side._hub_peer.queued_bytes > 0
+    await until(lambda: hub.hub.counts()["dashboard"] == 0, timeout=10)
+    assert logs.matching("ping timeout")
+    assert not logs.matching("with 4008")

@@ -361,3 +361,52 @@ def test_peer_over_its_queue_limit_is_closed_with_4008(made: Any, logs: Any) -> 
     sender.send(ex.packet_sent("connector-a", 99))
     assert listener.frames() == []
     assert hub.stats.accepted == 21
+
+
+class FakeTCP:
+    """Just the parts of a Twisted TCP transport that the eager write path touches."""
+
+    def __init__(self, takes: int | None, lost: bool = False) -> None:
+        self.takes, self.lost = takes, lost
+        self._tempDataBuffer: list[bytes] = []
+        self.dataBuffer = b""
+        self.connected = True
+        self._writeDisconnected = False
+        self.on_wire = b""
+
+    def writeSomeData(self, data: bytes) -> Any:
+        if self.lost:
+            return ConnectionDone()
+        n = len(data) if self.takes is None else min(self.takes, len(data))
+        self.on_wire += data[:n]
+        return n
+
+    def write(self, data: bytes) -> None:
+        self._tempDataBuffer.append(data)
+
+
+def test_eager_write_sends_at_once_when_nothing_waits() -> None:
+    from telemetry_service.websocket import _write_now
+
+    transport = FakeTCP(takes=None)
+    _write_now(transport, b"frame")
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"frame", [])
+
+
+def test_eager_write_leaves_the_rest_to_twisted() -> None:
+    from telemetry_service.websocket import _write_now
+
+    transport = FakeTCP(takes=2)
+    _write_now(transport, b"frame")
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"fr", [b"ame"])
+    # once something waits, everything after it waits too: order is kept
+    _write_now(transport, b"next")
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"fr", [b"ame", b"next"])
+
+
+def test_eager_write_on_a_lost_connection_goes_through_twisted() -> None:
+    from telemetry_service.websocket import _write_now
+
+    transport = FakeTCP(takes=None, lost=True)
+    _write_now(transport, b"frame")
+    assert transport._tempDataBuffer == [b"frame"]
