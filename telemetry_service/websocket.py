@@ -20,7 +20,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -74,13 +74,11 @@ class WebSocketPeer:
     of the same broadcast, so a queued frame costs a reference, not a copy.
     """
 
-    __slots__ = ("_eager", "_protocol", "_queue", "_queued_bytes", "_transport", "address", "limit")
+    __slots__ = ("_protocol", "_queue", "_queued_bytes", "_transport", "address", "limit")
 
     def __init__(self, protocol: TelemetryServerProtocol, limit: int) -> None:
         self._protocol = protocol
         self._transport: Any = protocol.transport
-        # plain TCP and UNIX sockets (not TLS, whose transport is a protocol wrapper)
-        self._eager = isinstance(self._transport, tcp.Connection)
         # made when first needed: an empty deque costs ~600 bytes per idle connection
         self._queue: deque[bytes] | None = None
         self._queued_bytes = 0
@@ -112,9 +110,10 @@ class WebSocketPeer:
             if self._queued_bytes > self.limit:
                 self.drop_queue()
                 protocol.too_slow(self.limit)
-        elif self._eager:
-            _write_now(self._transport, frame)
         else:
+            # Twisted buffers the frame and sends on the reactor's next pass, so under load
+            # a client's frames leave together in one send(). Sending each frame at once
+            # instead was measured: 2.5x fewer deliveries/s at 10 clients, worse p99 too.
             self._transport.write(frame)
 
     def flush(self) -> None:
@@ -132,31 +131,6 @@ class WebSocketPeer:
     def drop_queue(self) -> None:
         self._queue = None
         self._queued_bytes = 0
-
-
-def _write_now(transport: Any, frame: bytes) -> None:
-    """
-    Send a frame straight to the socket when nothing is waiting before it.
-
-    Twisted's C{write} always buffers and sends on the reactor's next pass, registering and
-    unregistering the socket for writing around it: three system calls per frame where one
-    does, and at 100k deliveries/s those calls were most of the hub's time. Whatever the
-    socket does not take goes through C{write} as usual, so order, the producer signal
-    and error handling stay Twisted's.
-    """
-    if (
-        transport._tempDataBuffer
-        or transport.dataBuffer
-        or not transport.connected
-        or transport._writeDisconnected
-    ):
-        transport.write(frame)
-        return
-    sent = transport.writeSomeData(frame)
-    if not isinstance(sent, int):  # the connection is gone: let Twisted's own path see it
-        transport.write(frame)
-    elif sent < len(frame):
-        transport.write(frame[sent:])
 
 
 def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
     }
     prefix = "telemetry_service/schemas/"
     assert {n.removeprefix(prefix) for n in names if n.startswith(prefix)} == shipped
+    for page_file in ("index.html", "app.js", "app.css", "vendor/cytoscape-3.35.0.min.js"):
+        assert f"telemetry_service/web/{page_file}" in names
 
     venv = tmp_path / "venv"
     bin_dir = venv / "bin"
@@ -67,6 +70,11 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
         assert starting["count"] == len(list((REPO / "schemas").glob("*.json")))
         port = hub.wait_listening()
         url = f"ws://127.0.0.1:{port}/"
+        page = f"http://127.0.0.1:{hub.wait_http()}/"
+        with urllib.request.urlopen(page, timeout=5) as response:
+            assert b"vendor/cytoscape-3.35.0.min.js" in response.read()
+        with urllib.request.urlopen(page + "vendor/cytoscape-3.35.0.min.js", timeout=5) as response:
+            assert len(response.read()) > 400_000
 
         health = subprocess.run(
             [str(bin_dir / "telemetry-healthcheck"), url], capture_output=True, text=True
