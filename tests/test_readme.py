@@ -38,3 +38,10 @@ def test_every_reason_code_is_documented() -> None:
     for code in codes:
         assert f"| `{code}` |" in README
     assert Rejection("X", "y").to_frame() == {"type": "ERROR", "reason": "X", "detail": "y"}
+
+
+def test_every_local_file_the_readme_shows_exists() -> None:
+    import re
+
+    for target in re.findall(r"\]\(([^)#:]+)\)", README):
+        assert (REPO / target).exists(), target
