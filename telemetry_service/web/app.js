@@ -47,8 +47,14 @@ function relayout() {
   setTimeout(() => {
     layoutPending = false;
     const n = cy.nodes().length;
-    const name = n <= 12 ? "circle" : "cose";
-    cy.layout({ name, animate: false, padding: 30, nodeRepulsion: () => 8000 }).run();
+    // Rings by degree: a star's hub sits in the middle, a line or a mesh forms one ring;
+    // labels and nodes shrink as the network grows, so 50 nodes stay legible.
+    const size = n > 24 ? 14 : n > 12 ? 20 : 26;
+    cy.style().selector("node").style({ width: size, height: size, "font-size": n > 24 ? 8 : 11 }).update();
+    cy.layout({
+      name: "concentric", animate: false, padding: 24, minNodeSpacing: n > 24 ? 18 : 30,
+      concentric: (node) => node.degree(), levelWidth: () => 1,
+    }).run();
   }, 200);
 }
 
@@ -222,7 +228,7 @@ function cell(text, className) {
 
 function render() {
   const nodeRows = [];
-  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => a.id.localeCompare(b.id))) {
+  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }))) {
     const tr = document.createElement("tr");
     const status = node.online ? node.health : "offline";
     tr.dataset.nodeId = node.id;
