@@ -32,6 +32,7 @@ const cy = cytoscape({
   ],
   layout: { name: "grid" },
   wheelSensitivity: 0.2,
+  maxZoom: 1.4,  // fitting a small network must not blow its nodes up
 });
 window.cy = cy;
 let layoutPending = false;
@@ -47,14 +48,16 @@ function relayout() {
   setTimeout(() => {
     layoutPending = false;
     const n = cy.nodes().length;
-    // Rings by degree: a star's hub sits in the middle, a line or a mesh forms one ring;
-    // labels and nodes shrink as the network grows, so 50 nodes stay legible.
+    // A small network on one circle; a larger one in rings by degree: a star's hub sits
+    // in the middle, a line or a mesh forms one ring. Nodes and labels shrink as the
+    // network grows, so 50 nodes stay legible.
     const size = n > 24 ? 14 : n > 12 ? 20 : 26;
     cy.style().selector("node").style({ width: size, height: size, "font-size": n > 24 ? 8 : 11 }).update();
-    cy.layout({
-      name: "concentric", animate: false, padding: 24, minNodeSpacing: n > 24 ? 18 : 30,
-      concentric: (node) => node.degree(), levelWidth: () => 1,
-    }).run();
+    const layout = n <= 12
+      ? { name: "circle", padding: 30 }
+      : { name: "concentric", padding: 24, minNodeSpacing: n > 24 ? 18 : 30,
+          concentric: (node) => node.degree(), levelWidth: () => 1 };
+    cy.layout({ ...layout, animate: false }).run();
   }, 200);
 }
 
