@@ -201,3 +201,72 @@ def test_full_run_with_websockets_client_then_signal_closes_1001_and_exits_0(
     warning = hub.wait_for(lambda r: r.get("reason") == "INVALID_JSON")
     assert warning["level"] == "warn"
     assert warning["nodeId"] == "connector-a"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = folder / "key.pem", folder / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+async def _relay(connect: Any) -> dict[str, Any]:
+    """A connector and a dashboard over the given transport: what the dashboard receives."""
+    async with connect() as dashboard, connect() as connector:
+        await dashboard.send(json.dumps(ex.CLIENT_CONNECT_BARE))
+        await asyncio.sleep(0.2)
+        await connector.send(json.dumps(ex.packet_sent("connector-t")))
+        while True:
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(dashboard.recv(), 5))
+            if message["type"] == "PACKET_SENT":
+                return message
+
+
+def test_tls_endpoint(hubs: list[HubProcess], tmp_path: Path) -> None:
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    hub = HubProcess(port=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    hubs.append(hub)
+    port = hub.wait_listening()
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    message = asyncio.run(
+        _relay(lambda: websockets.connect(f"wss://127.0.0.1:{port}/", ssl=context))
+    )
+    assert message == {**ex.packet_sent("connector-t"), "seq": 2}
+
+
+def test_unix_socket_endpoint(hubs: list[HubProcess], tmp_path: Path) -> None:
+    path = tmp_path / "hub.sock"
+    hub = HubProcess(port=f"unix:{path}")
+    hubs.append(hub)
+    hub.wait_for(lambda r: "WebSocket server listening" in r.get("message", ""))
+    message = asyncio.run(_relay(lambda: websockets.unix_connect(str(path), uri="ws://localhost/")))
+    assert message == {**ex.packet_sent("connector-t"), "seq": 2}
