@@ -60,6 +60,7 @@ class HealthResource(_JSONResource):
             "connections": hub.counts(),
             "accepted": hub.stats.accepted,
             "rejected": hub.stats.rejected,
+            "rejectedByReason": hub.stats.rejected_by_reason,
             "epoch": hub.store.epoch,
             "seq": hub.store.last_seq,
         }

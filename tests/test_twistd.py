@@ -50,6 +50,11 @@ def test_help_names_every_option_with_its_environment_variable_and_default() -> 
         assert f"env {option.env}; default {option.default}" in text
 
 
+def hub_argv(*args: str) -> list[str]:
+    """twistd in the foreground, no pid file, the telemetry plugin with these options."""
+    return [twistd_path(), "-n", "--pidfile=", "telemetry", *args]
+
+
 def _assert_one_clear_line(result: Any, *fragments: str) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -67,25 +72,19 @@ def test_port_taken_ends_at_once_naming_the_port() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
+        result = run_to_exit(hub_argv("--port", f"tcp:{port}:interface=127.0.0.1"))
+        assert time.monotonic() - started < 15
+        _assert_one_clear_line(result, "cannot listen", str(port), "in use")
+        # the page's port too
         result = run_to_exit(
-            [
-                twistd_path(),
-                "-n",
-                "--pidfile=",
-                "telemetry",
-                "--port",
-                f"tcp:{port}:interface=127.0.0.1",
-            ]
+            hub_argv("--port", "tcp:0", "--http-port", f"tcp:{port}:interface=127.0.0.1")
         )
-    assert time.monotonic() - started < 15
-    _assert_one_clear_line(result, "cannot listen", str(port), "in use")
+        _assert_one_clear_line(result, "cannot listen", str(port), "in use")
 
 
 def test_missing_schema_folder_ends_at_once_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"
-    result = run_to_exit(
-        [twistd_path(), "-n", "--pidfile=", "telemetry", "--schemas", str(missing)]
-    )
+    result = run_to_exit(hub_argv("--schemas", str(missing)))
     _assert_one_clear_line(result, str(missing), "does not exist")
 
 
@@ -100,32 +99,19 @@ def test_broken_schema_file_ends_at_once_naming_it(
     shutil.copytree(shipped_schemas_dir(), folder)
     (folder / "ROUTE_LOOKUP.json").write_text(content)
     result = run_to_exit(
-        [
-            twistd_path(),
-            "-n",
-            "--pidfile=",
-            "telemetry",
-            "--port",
-            "tcp:0",
-            "--schemas",
-            str(folder),
-        ],
+        hub_argv("--port", "tcp:0", "--schemas", str(folder)),
         env={},
     )
     _assert_one_clear_line(result, "ROUTE_LOOKUP.json", complaint)
 
 
 def test_bad_endpoint_ends_at_once_naming_it() -> None:
-    result = run_to_exit(
-        [twistd_path(), "-n", "--pidfile=", "telemetry", "--port", "carrier-pigeon:9"]
-    )
+    result = run_to_exit(hub_argv("--port", "carrier-pigeon:9"))
     _assert_one_clear_line(result, "carrier-pigeon:9")
 
 
 def test_bad_environment_value_is_named() -> None:
-    result = run_to_exit(
-        [twistd_path(), "-n", "--pidfile=", "telemetry"], env={"TELEMETRY_MAX_NODES": "lots"}
-    )
+    result = run_to_exit(hub_argv(), env={"TELEMETRY_MAX_NODES": "lots"})
     assert result.returncode != 0
     assert "TELEMETRY_MAX_NODES" in result.stdout + result.stderr
 

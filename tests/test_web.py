@@ -85,6 +85,7 @@ async def test_health_reports_the_hub(hub: RunningHub) -> None:
         "nodes": 1,
     }
     assert (health["accepted"], health["rejected"]) == (1, 1)
+    assert health["rejectedByReason"] == {"INVALID_JSON": 1}
     assert health["seq"] == 2  # presence and NODE_STATUS
     assert health["epoch"] == hub.hub.store.epoch
     assert dashboard is not None
