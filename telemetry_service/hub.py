@@ -165,10 +165,11 @@ class Hub:
         log_broadcasts: bool = False,
     ) -> None:
         """
+        @param catalog: the message schemas; replace C{hub.catalog} to apply edited ones.
         @param log_broadcasts: log one debug line per broadcast. Off unless the log level is
             debug: even a filtered-out log call costs more than the rest of a broadcast.
         """
-        self._catalog = catalog
+        self.catalog = catalog
         self._settings = settings
         self._clock = clock
         self._fanout = fanout
@@ -291,7 +292,7 @@ class Hub:
     ) -> None:
         message_type: object = message.get("type")
         try:
-            validated_type = self._catalog.validate(message)
+            validated_type = self.catalog.validate(message)
             if validated_type == CLIENT_CONNECT:
                 self._client_connect(connection, message)
             else:

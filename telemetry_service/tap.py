@@ -348,7 +348,7 @@ class TelemetryHubService(MultiService):
 
     def _take_over_signals(self) -> None:
         """
-        Make SIGTERM and SIGINT a graceful stop that exits 0.
+        Make SIGTERM and SIGINT a graceful stop that exits 0, and SIGHUP a schema reload.
 
         The reactor's own handlers stop it too, but twistd then re-raises the signal at
         exit, so the process dies "killed by SIGTERM" instead of exiting 0 after its
@@ -356,11 +356,40 @@ class TelemetryHubService(MultiService):
         """
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
 
     def _on_signal(self, number: int, frame: object) -> None:
         # A signal handler may run at any point of the reactor's loop; defer the real work.
         reactor = IReactorThreads(self._reactor)
         reactor.callFromThread(self._stop, signal.Signals(number).name)
+
+    def _on_reload_signal(self, number: int, frame: object) -> None:
+        IReactorThreads(self._reactor).callFromThread(self.reload_schemas)
+
+    def reload_schemas(self) -> bool:
+        """
+        Read the schema folder again and use it from the next message on. A folder that
+        fails any check is not used: the hub keeps the schemas it has and says why.
+        """
+        current = self.hub.catalog
+        try:
+            fresh = SchemaCatalog.load(current.source)
+        except ConfigurationError as e:
+            self._log.error(
+                "Schema reload failed, keeping the {count} types in use: {error}",
+                count=len(current.types),
+                error=str(e),
+            )
+            return False
+        self.hub.catalog = fresh
+        self._log.info(
+            "Reloaded {count} message types from {schemas} (added {added}, removed {removed})",
+            count=len(fresh.types),
+            schemas=str(fresh.source),
+            added=sorted(set(fresh.types) - set(current.types)),
+            removed=sorted(set(current.types) - set(fresh.types)),
+        )
+        return True
 
     def _stop(self, name: str) -> None:
         assert self._reactor is not None

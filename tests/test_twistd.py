@@ -256,3 +256,46 @@ def test_unix_socket_endpoint(hubs: list[HubProcess], tmp_path: Path) -> None:
     hub.wait_for(lambda r: "WebSocket server listening" in r.get("message", ""))
     message = asyncio.run(_relay(lambda: websockets.unix_connect(str(path), uri="ws://localhost/")))
     assert message == {**ex.packet_sent("connector-t"), "seq": 2}
+
+
+def test_sighup_reloads_the_schema_folder_and_keeps_the_old_one_if_broken(
+    hubs: list[HubProcess], tmp_path: Path
+) -> None:
+    folder = tmp_path / "schemas"
+    shutil.copytree(shipped_schemas_dir(), folder)
+    hub = HubProcess("--schemas", str(folder))
+    hubs.append(hub)
+    port = hub.wait_listening()
+    url = f"ws://127.0.0.1:{port}/"
+    agent_event = {"type": "AGENT_BALANCE_CHANGED", "agentId": "agent-001", "newBalance": "2000"}
+
+    async def reply_to(message: dict[str, Any]) -> Any:
+        async with websockets.connect(url) as sender:
+            await sender.send(json.dumps(message))
+            try:
+                return json.loads(await asyncio.wait_for(sender.recv(), 1))
+            except TimeoutError:
+                return None  # accepted: a connector is sent nothing
+
+    assert asyncio.run(reply_to(agent_event))["reason"] == "UNKNOWN_TYPE"
+    (folder / "AGENT_BALANCE_CHANGED.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "required": ["type", "agentId"],
+                "properties": {"type": {"const": "AGENT_BALANCE_CHANGED"}},
+            }
+        )
+    )
+    hub.signal(signal.SIGHUP)
+    reloaded = hub.wait_for(lambda r: "Reloaded" in r.get("message", ""))
+    assert reloaded["added"] == ["AGENT_BALANCE_CHANGED"]
+    assert asyncio.run(reply_to(agent_event)) is None
+
+    (folder / "LOG.json").write_text("{broken")
+    hub.signal(signal.SIGHUP)
+    failed = hub.wait_for(lambda r: "Schema reload failed" in r.get("message", ""))
+    assert failed["level"] == "error"
+    assert "LOG.json" in failed["error"]
+    assert asyncio.run(reply_to(agent_event)) is None  # still the last good folder
+    assert hub.process.poll() is None
