@@ -423,7 +423,7 @@ def build_service(
         fanout=prepared_fanout,
         log_broadcasts=options.log_level == "debug",
     )
-    factory = TelemetryServerFactory(hub, settings)
+    factory = TelemetryServerFactory(hub, settings, clock)
     service = TelemetryHubService(
         hub=hub,
         observer=make_observer(options.log_level, options.log_format, sys.stdout),

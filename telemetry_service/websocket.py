@@ -20,7 +20,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -74,11 +74,27 @@ class WebSocketPeer:
     of the same broadcast, so a queued frame costs a reference, not a copy.
     """
 
-    __slots__ = ("_protocol", "_queue", "_queued_bytes", "_transport", "address", "limit")
+    __slots__ = (
+        "_batcher",
+        "_pending",
+        "_protocol",
+        "_queue",
+        "_queued_bytes",
+        "_transport",
+        "address",
+        "limit",
+    )
 
-    def __init__(self, protocol: TelemetryServerProtocol, limit: int) -> None:
+    def __init__(
+        self, protocol: TelemetryServerProtocol, limit: int, batcher: WriteBatcher | None = None
+    ) -> None:
         self._protocol = protocol
         self._transport: Any = protocol.transport
+        # plain TCP and UNIX sockets only: a TLS transport must encrypt what it sends
+        direct = isinstance(self._transport, tcp.Connection) and not self._transport.TLS
+        self._batcher = batcher if direct else None
+        # frames of this reactor pass, not yet sent (see WriteBatcher)
+        self._pending: list[bytes] | None = None
         # made when first needed: an empty deque costs ~600 bytes per idle connection
         self._queue: deque[bytes] | None = None
         self._queued_bytes = 0
@@ -110,11 +126,40 @@ class WebSocketPeer:
             if self._queued_bytes > self.limit:
                 self.drop_queue()
                 protocol.too_slow(self.limit)
+        elif self._batcher is not None:
+            pending = self._pending
+            if pending is None:
+                self._pending = [frame]
+                self._batcher.mark(self)
+            else:
+                pending.append(frame)
         else:
-            # Twisted buffers the frame and sends on the reactor's next pass, so under load
-            # a client's frames leave together in one send(). Sending each frame at once
-            # instead was measured: 2.5x fewer deliveries/s at 10 clients, worse p99 too.
             self._transport.write(frame)
+
+    def write_pending(self) -> None:
+        """
+        Send this pass's frames in one go (see L{WriteBatcher}).
+        """
+        frames, self._pending = self._pending, None
+        # frames still pending when a close frame went out must not follow it
+        if not frames or self._protocol.state != _OPEN:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        transport = self._transport
+        if (
+            transport._tempDataBuffer
+            or transport.dataBuffer
+            or not transport.connected
+            or transport._writeDisconnected
+            or transport.TLS
+        ):
+            transport.write(data)
+            return
+        sent = transport.writeSomeData(data)
+        if not isinstance(sent, int):  # the connection is gone: let Twisted's own path see it
+            transport.write(data)
+        elif sent < len(data):
+            transport.write(data[sent:])
 
     def flush(self) -> None:
         """
@@ -131,6 +176,36 @@ class WebSocketPeer:
     def drop_queue(self) -> None:
         self._queue = None
         self._queued_bytes = 0
+
+
+class WriteBatcher:
+    """
+    Sends each connection's frames of one reactor pass in a single send(), straight to the
+    socket when its transport has nothing buffered.
+
+    Twisted's C{write} buffers a frame and registers the socket for writing, sends on the
+    next pass and unregisters it: three system calls per frame when frames come one per
+    pass (2,000 messages/s to 50 dashboards is 100k of them a second). Sending each frame
+    at once instead loses the coalescing Twisted gives under load (measured: 2.5x fewer
+    deliveries/s at 10 clients). Collecting a pass's frames per connection and sending them
+    together at the start of the next pass keeps both: one send() per connection and pass,
+    no registration unless the socket is full. What the socket does not take goes through
+    C{write}, so order, the producer signal and error handling stay Twisted's.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._marked: list[WebSocketPeer] = []
+
+    def mark(self, peer: WebSocketPeer) -> None:
+        if not self._marked:
+            self._clock.callLater(0, self.flush)
+        self._marked.append(peer)
+
+    def flush(self) -> None:
+        marked, self._marked = self._marked, []
+        for peer in marked:
+            peer.write_pending()
 
 
 def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:
@@ -196,7 +271,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         self.http_request_data = b""
         self.http_response_data = ""
         self.http_status_line = ""
-        self._hub_peer = WebSocketPeer(self, self.factory.max_queued_bytes)
+        self._hub_peer = WebSocketPeer(self, self.factory.max_queued_bytes, self.factory.batcher)
         self.factory.hub.connection_opened(self._hub_peer)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -317,9 +392,13 @@ class TelemetryServerFactory(WebSocketServerFactory):
     # Twisted's "Starting factory" lines say nothing the listening line does not.
     noisy = False
 
-    def __init__(self, hub: Hub, settings: Settings) -> None:
+    def __init__(self, hub: Hub, settings: Settings, clock: IReactorTime | None = None) -> None:
+        """
+        @param clock: runs the write batching; without one, frames go to C{transport.write}.
+        """
         super().__init__()
         self.hub = hub
+        self.batcher = WriteBatcher(clock) if clock is not None else None
         self.max_queued_bytes = settings.max_queued_bytes
         self.connections: set[TelemetryServerProtocol] = set()
         self.setProtocolOptions(
