@@ -362,6 +362,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         """
         if self.state == _OPEN:
             if self._hub_peer is not None:
+                self._hub_peer.write_pending()  # what this pass sent still goes first
                 self._hub_peer.drop_queue()
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"hub shutting down", isReply=False)
         else:

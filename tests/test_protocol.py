@@ -361,3 +361,92 @@ def test_peer_over_its_queue_limit_is_closed_with_4008(made: Any, logs: Any) -> 
     sender.send(ex.packet_sent("connector-a", 99))
     assert listener.frames() == []
     assert hub.stats.accepted == 21
+
+
+# -- the write batching on real TCP transports
+
+
+class FakeTCP:
+    """The parts of a Twisted TCP transport that the direct write path touches."""
+
+    def __init__(self, takes: int | None = None, lost: bool = False, tls: bool = False) -> None:
+        self.takes, self.lost, self.TLS = takes, lost, tls
+        self._tempDataBuffer: list[bytes] = []
+        self.dataBuffer = b""
+        self.connected = True
+        self._writeDisconnected = False
+        self.on_wire = b""
+
+    def writeSomeData(self, data: bytes) -> Any:
+        if self.lost:
+            return ConnectionDone()
+        n = len(data) if self.takes is None else min(self.takes, len(data))
+        self.on_wire += data[:n]
+        return n
+
+    def write(self, data: bytes) -> None:
+        self._tempDataBuffer.append(data)
+
+
+def batched_peer(transport: FakeTCP) -> tuple[Any, Clock]:
+    from telemetry_service.websocket import WebSocketPeer, WriteBatcher
+
+    class Protocol:
+        state = 3  # WebSocketProtocol.STATE_OPEN
+        write_paused = False
+        peer = "tcp4:127.0.0.1:1"
+
+    Protocol.transport = transport  # type: ignore[attr-defined]
+    clock = Clock()
+    peer = WebSocketPeer(Protocol(), 1 << 20, WriteBatcher(clock))  # type: ignore[arg-type]
+    return peer, clock
+
+
+@pytest.fixture
+def tcp_like(monkeypatch: Any) -> None:
+    # let FakeTCP pass the "plain TCP transport" check
+    import telemetry_service.websocket as module
+
+    monkeypatch.setattr(module.tcp, "Connection", FakeTCP)
+
+
+def test_a_pass_worth_of_frames_leaves_in_one_send(tcp_like: None) -> None:
+    transport = FakeTCP()
+    peer, clock = batched_peer(transport)
+    for frame in (b"one", b"two", b"three"):
+        peer.send_frame(frame)
+    assert transport.on_wire == b""  # nothing until the pass ends
+    clock.advance(0)
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"onetwothree", [])
+
+
+def test_what_the_socket_does_not_take_is_left_to_twisted_in_order(tcp_like: None) -> None:
+    transport = FakeTCP(takes=4)
+    peer, clock = batched_peer(transport)
+    peer.send_frame(b"frame-1")
+    clock.advance(0)
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"fram", [b"e-1"])
+    peer.send_frame(b"frame-2")  # something waits now: this goes behind it
+    clock.advance(0)
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"fram", [b"e-1", b"frame-2"])
+
+
+def test_a_lost_connection_or_tls_goes_through_twisted(tcp_like: None) -> None:
+    lost = FakeTCP(lost=True)
+    peer, clock = batched_peer(lost)
+    peer.send_frame(b"frame")
+    clock.advance(0)
+    assert lost._tempDataBuffer == [b"frame"]
+    tls = FakeTCP(tls=True)
+    peer, _ = batched_peer(tls)
+    peer.send_frame(b"frame")  # TLS transports are never batched or written around
+    assert (tls.on_wire, tls._tempDataBuffer) == (b"", [b"frame"])
+
+
+def test_frames_pending_behind_a_close_frame_are_not_sent(tcp_like: None) -> None:
+    transport = FakeTCP()
+    peer, clock = batched_peer(transport)
+    peer.send_frame(b"frame")
+    peer._protocol.state = 2  # closing: a close frame has gone out
+    clock.advance(0)
+    assert transport.on_wire == b""
