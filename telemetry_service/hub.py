@@ -140,6 +140,10 @@ class NodeRecord:
             payload = self._payloads[online] = encode({**self.message, "online": online})
         return payload
 
+    def update(self, message: dict[str, Any], now: float) -> None:
+        self.message, self.updated_at = message, now
+        self._payloads.clear()
+
 
 @dataclass
 class HubStats:
@@ -483,7 +487,7 @@ class Hub:
         now = self._clock.seconds()
         record = cache.get(node_id)
         if record is not None:
-            record.message, record.updated_at, record._payloads = message, now, {}
+            record.update(message, now)
             return
         if len(cache) >= self._settings.max_nodes:
             victim = self._eviction_candidate()

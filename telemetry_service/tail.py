@@ -33,8 +33,8 @@ _COLOURS = {
 def summary(message: dict[str, Any]) -> str:
     """The part of a line after type and node: what a person wants to see of each type."""
     kind = message.get("type")
-    data = message.get("data") if isinstance(message.get("data"), dict) else {}
-    assert isinstance(data, dict)
+    raw = message.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if kind == "NODE_STATUS":
         peers = data.get("peers") or []
         connected = sum(1 for p in peers if isinstance(p, dict) and p.get("connected"))

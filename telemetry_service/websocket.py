@@ -165,6 +165,8 @@ class WebSocketPeer:
         """
         Hand queued frames to the transport until it is full again.
         """
+        # frames of the current pass were sent before anything that queued after them
+        self.write_pending()
         queue, protocol, transport = self._queue, self._protocol, self._transport
         if queue is None:
             return

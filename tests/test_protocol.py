@@ -450,3 +450,15 @@ def test_frames_pending_behind_a_close_frame_are_not_sent(tcp_like: None) -> Non
     peer._protocol.state = 2  # closing: a close frame has gone out
     clock.advance(0)
     assert transport.on_wire == b""
+
+
+def test_frames_of_this_pass_go_before_those_queued_by_backpressure(tcp_like: None) -> None:
+    transport = FakeTCP()
+    peer, clock = batched_peer(transport)
+    peer.send_frame(b"first")  # pending for this pass
+    peer._protocol.write_paused = True  # the transport fills up in the same pass...
+    peer.send_frame(b"second")  # ...so this one waits in the queue
+    peer._protocol.write_paused = False
+    peer.flush()  # and the transport drains before the pass ends
+    clock.advance(0)
+    assert (transport.on_wire, transport._tempDataBuffer) == (b"first", [b"second"])

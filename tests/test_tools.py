@@ -58,11 +58,6 @@ def test_topology_needs_two_nodes() -> None:
 # -- what the simulator sends
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-
 @pytest.fixture
 def simulation() -> Iterator[tuple[Simulation, list[dict[str, Any]], Clock]]:
     clock = Clock()

@@ -6,7 +6,6 @@ behaviours: limits, close codes, ping, TCP_NODELAY, shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -365,9 +364,3 @@ async def test_stopping_the_service_closes_every_connection_with_1001(start: Sta
     # no longer listening
     with pytest.raises(error.ConnectionRefusedError):
         await connect(port)
-
-
-def test_asyncio_is_not_the_reactor() -> None:
-    """These tests run on Twisted's default reactor, as twistd does."""
-    assert "asyncio" not in type(reactor).__module__
-    assert asyncio  # imported for the assertion's message only
