@@ -28,9 +28,18 @@ class Settings:
     #: on SIGTERM/SIGINT, seconds to wait for peers to answer the 1001 close before exiting
     shutdown_grace: float = 3.0
 
-    #: per dashboard: bytes of messages waiting for a reader that has stopped reading; past
-    #: this the dashboard is disconnected with close code 4008
+    #: per connection: bytes the hub holds for it (frames of this reactor pass, frames
+    #: waiting for a slow reader, the unsent part of a snapshot or resume); past this the
+    #: connection is closed with close code 4008
     max_queued_bytes: int = 1024 * 1024
+    #: all connections together: bytes waiting for slow readers; past this the biggest
+    #: queues are closed with 4008 first, so that many clients each within their own budget
+    #: cannot add up to the hub's memory
+    max_total_queued_bytes: int = 256 * 1024 * 1024
+    #: open connections in all, and from one address (counted from the TCP connection on,
+    #: so connections that never say what they are count too); refused at the handshake
+    max_connections: int = 20_000
+    max_connections_per_address: int = 256
 
     # -- history (resume)
     #: messages kept for dashboards that reconnect and resume
@@ -39,8 +48,25 @@ class Settings:
     history_bytes: int = 16 * 1024 * 1024
 
     # -- hub behaviour
-    #: most events in one {"batch": [...]} frame
+    #: most events in one {"batch": [...]} frame: the real connector flushes at 1,000
     max_batch: int = 1000
+    #: largest {"batch": [...]} frame. The connector's full batch of PACKET_RECEIVED is about
+    #: 266 KB (1,000 events of ~270 bytes); 1 MiB leaves room for ~1 KiB events (LOG lines
+    #: with context, NODE_STATUS with routes). Each event in it is still held to
+    #: max_message_bytes.
+    max_batch_bytes: int = 1024 * 1024
+    #: bytes of NODE_STATUS kept in the replay cache (each status is at most
+    #: max_message_bytes); past it, as past max_nodes, the oldest offline node goes first
+    max_replay_bytes: int = 64 * 1024 * 1024
+    #: per connection: events accepted per second, sustained, with bursts of two seconds'
+    #: worth; each event of a batch counts. A real connector aims at 10,000 packets/s, three
+    #: events each.
+    messages_per_second: float = 50_000.0
+    #: a connection over its message rate in this many consecutive seconds is closed (1008)
+    rate_abuse_seconds: int = 5
+    #: per connection: snapshots and resumes (CLIENT_CONNECT) per second and at once
+    replays_per_second: float = 0.5
+    replays_burst: int = 5
     #: how many nodes' latest NODE_STATUS the replay cache keeps
     max_nodes: int = 10_000
     #: deepest JSON nesting accepted (objects and arrays)
@@ -53,3 +79,7 @@ class Settings:
     #: per connection: error frames sent per second (sustained) and at once (burst)
     error_frames_per_second: float = 10.0
     error_frames_burst: int = 20
+
+    @property
+    def messages_burst(self) -> int:
+        return max(1, int(2 * self.messages_per_second))

@@ -21,6 +21,22 @@ SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
 ROLE_VIOLATION = "ROLE_VIOLATION"
 NODE_ID_MISMATCH = "NODE_ID_MISMATCH"
 INVALID_BATCH = "INVALID_BATCH"
+MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+RATE_LIMITED = "RATE_LIMITED"
+REPLAY_BUSY = "REPLAY_BUSY"
+
+# WebSocket close codes the hub sends (documented in the README's table of close codes).
+#: the hub is shutting down (RFC 6455 "going away")
+GOING_AWAY = 1001
+#: a text frame that is not valid UTF-8 (RFC 6455 "invalid frame payload data")
+INVALID_PAYLOAD = 1007
+#: sustained abuse of a budget, e.g. the message rate (RFC 6455 "policy violation")
+POLICY_VIOLATION = 1008
+#: a message over its size limit (RFC 6455 "message too big")
+MESSAGE_TOO_BIG = 1009
+#: more bytes waited for the peer than its budget allows (it reads too slowly, or the hub's
+#: total budget for waiting bytes ran out and its queue was among the biggest)
+TOO_SLOW = 4008
 
 # A detail never carries more than this many characters of what the sender sent, so that a
 # 60 KiB string does not come back in an error frame or land in the log.

@@ -2,15 +2,16 @@
 The hub: who is connected, in which role, what the network last reported, what happened
 recently, and who hears what.
 
-It knows a peer only as an object with C{send(payload)}, an C{address} and a C{congested}
-flag; it imports nothing from Autobahn or C{twisted.internet}, and takes its clock as an
+It knows a peer only through the L{Peer} protocol (send, stream, close, and whether it
+keeps up); it imports nothing from Autobahn or C{twisted.internet}, and takes its clock as an
 argument, so it is tested with plain synchronous tests.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,8 +23,13 @@ from telemetry_service.codec import decode, encode
 from telemetry_service.config import Settings
 from telemetry_service.errors import (
     INVALID_BATCH,
+    MESSAGE_TOO_BIG,
+    MESSAGE_TOO_LARGE,
     NODE_ID_MISMATCH,
     NOT_AN_OBJECT,
+    POLICY_VIOLATION,
+    RATE_LIMITED,
+    REPLAY_BUSY,
     ROLE_VIOLATION,
     Rejection,
     shorten,
@@ -38,6 +44,21 @@ NODE_STATUS = "NODE_STATUS"
 NODE_PRESENCE = "NODE_PRESENCE"
 #: sent by the hub to a dashboard that asked to resume
 RESUME = "RESUME"
+#: events the hub itself originates and keeps in its history. A client receives them only
+#: if it names them in the C{hubEvents} of its CLIENT_CONNECT: the existing clients count
+#: frames, and an extra frame breaks them.
+HUB_EVENTS = frozenset({NODE_PRESENCE})
+#: the nodeId the real connector's settlement monitor sends when it was built without one.
+#: It names no node: such an event is accepted from any connector, attributed to the
+#: connection's own node (C{sourceNodeId}), and never binds a connection or enters the
+#: replay cache.
+PLACEHOLDER_NODE_ID = "unknown"
+
+#: messages read from the store at a time while a resume is sent
+_RESUME_CHUNK = 256
+#: what a snapshot's list of node ids costs a client's budget, per node and in all
+_SNAPSHOT_COST_PER_NODE = 8
+_STREAM_COST = 256
 
 
 class Peer(Protocol):
@@ -54,15 +75,37 @@ class Peer(Protocol):
         True while the peer is not reading fast enough and its outbound buffer is full.
         """
 
+    @property
+    def replaying(self) -> bool:
+        """
+        True while frames of a stream given to L{send_stream} are still to be sent.
+        """
+
     def send(self, payload: bytes) -> None:
         """
         Send one UTF-8 JSON text message to the peer.
+        """
+
+    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
+        """
+        Send the messages C{frames} yields, after everything sent so far and before
+        anything sent later, pulling them only as fast as the peer reads. C{cost} is what
+        the iterator itself holds, in bytes, counted against the peer's budget until it is
+        exhausted. If the iterator raises, the peer is closed (4008).
+        """
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Start the closing handshake with C{code}; nothing more is sent after it.
         """
 
 
 #: Delivers one serialized message to many peers. The WebSocket layer supplies one that
 #: builds the frame once; the default sends to each peer in turn.
 Fanout = Callable[[Iterable[Peer], bytes], None]
+
+#: Told of every accepted telemetry event: its type and the parsed message (with C{seq}).
+Observer = Callable[[str, dict[str, Any]], None]
 
 
 def send_to_each(peers: Iterable[Peer], payload: bytes) -> None:
@@ -80,6 +123,12 @@ class Role(enum.Enum):
     #: sent something that was neither accepted telemetry nor CLIENT_CONNECT. It is a
     #: producer, not a reader (real connectors never read), so it is not sent the broadcast.
     UNIDENTIFIED = "unidentified"
+
+
+class HistoryLostError(Exception):
+    """
+    The history no longer holds a message that a resume in progress still had to send.
+    """
 
 
 @dataclass(frozen=True)
@@ -116,33 +165,39 @@ class Connection:
     role: Role = Role.LISTENER
     node_id: str | None = None
     filter: Filter | None = None
-    # made on the first refusal: most connections never need them (memory per connection)
+    #: the hub's own event types this dashboard asked for (C{hubEvents})
+    hub_events: frozenset[str] = frozenset()
+    #: the hub has closed it; what it still sends is ignored
+    closing: bool = False
+    # made on first use: most connections never need them (memory per connection)
+    messages: TokenBucket | None = None
+    replays: TokenBucket | None = None
     warnings: TokenBucket | None = None
     error_frames: TokenBucket | None = None
+    #: the last whole second in which its message rate was exceeded, and how many such
+    #: seconds in a row
+    rate_second: int = -1
+    rate_strikes: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NodeRecord:
     """
-    The latest NODE_STATUS of one node, as it is replayed.
+    The latest NODE_STATUS of one node, as it was broadcast (with its C{seq}).
     """
 
-    message: dict[str, Any]
-    updated_at: float
-    _payloads: dict[bool, bytes] = field(default_factory=dict)
+    payload: bytes
+    seq: int
+    #: when it last changed, in the order of all status changes (eviction: oldest first)
+    version: int
 
-    def payload(self, online: bool) -> bytes:
+    def replay_payload(self, online: bool) -> bytes:
         """
-        The status with a top-level C{online} flag, serialized once per flag value.
+        The status with a top-level C{online} flag added at the end.
         """
-        payload = self._payloads.get(online)
-        if payload is None:
-            payload = self._payloads[online] = encode({**self.message, "online": online})
-        return payload
-
-    def update(self, message: dict[str, Any], now: float) -> None:
-        self.message, self.updated_at = message, now
-        self._payloads.clear()
+        if b'"online"' in self.payload:  # the connector sent a field of that name: replace it
+            return encode({**decode(self.payload, 10_000), "online": online})
+        return self.payload[:-1] + (b',"online":true}' if online else b',"online":false}')
 
 
 @dataclass
@@ -181,16 +236,30 @@ class Hub:
             settings.history_messages, settings.history_bytes
         )
         self._log_broadcasts = log_broadcasts
+        self._observers: list[Observer] = []
         self._connections: dict[Peer, Connection] = {}
         # unfiltered listeners and dashboards, in connection order (a dict is an ordered set)
         self._recipients: dict[Peer, None] = {}
         # dashboards that asked for a filter
         self._filtered: dict[Peer, Filter] = {}
+        # dashboards that asked for some of the hub's own events
+        self._hub_event_subscribers: dict[Peer, Connection] = {}
         # nodeId -> its live connector connections (normally one)
         self._connectors: dict[str, dict[Peer, None]] = {}
         # nodeId -> latest NODE_STATUS; insertion order is first-report order
         self._node_status: dict[str, NodeRecord] = {}
+        self._replay_bytes = 0
+        self._status_version = 0
+        # (version, nodeId) of nodes that went offline: the eviction order. Entries go stale
+        # when the node comes back, changes or leaves; they are skipped when popped.
+        self._offline: list[tuple[int, str]] = []
         self.stats = HubStats()
+
+    def add_observer(self, observer: Observer) -> None:
+        """
+        Tell C{observer} of every accepted telemetry event from now on.
+        """
+        self._observers.append(observer)
 
     # -- what the transport tells the hub
 
@@ -205,6 +274,7 @@ class Hub:
             return
         self._recipients.pop(peer, None)
         self._filtered.pop(peer, None)
+        self._hub_event_subscribers.pop(peer, None)
         self._flush_suppressed(connection)
         if connection.role is Role.CONNECTOR:
             node_id = connection.node_id
@@ -216,7 +286,7 @@ class Hub:
                 peers.pop(peer, None)
                 if not peers:
                     del self._connectors[node_id]
-                    self._publish_presence(node_id, online=False)
+                    self._went_offline(node_id)
         elif connection.role is Role.DASHBOARD:
             self._log.info("Dashboard client disconnected ({peer})", peer=peer.address)
         else:
@@ -231,7 +301,18 @@ class Hub:
         Handle one complete WebSocket message (text or binary) from C{peer}: one event, or a
         C{{"batch": [...]}} of events, each handled on its own.
         """
-        connection = self._connections[peer]
+        connection = self._connections.get(peer)
+        if connection is None or connection.closing:
+            return
+        messages = connection.messages
+        if messages is None:
+            s = self._settings
+            messages = connection.messages = TokenBucket(
+                self._clock, s.messages_per_second, s.messages_burst
+            )
+        if not messages.allow():
+            self._rate_limited(connection, None, is_binary)
+            return
         try:
             message = decode(payload, self._settings.max_depth)
         except Rejection as rejection:
@@ -239,6 +320,14 @@ class Hub:
             return
         batch = message.get("batch") if "type" not in message else None
         if batch is None:
+            if len(payload) > self._settings.max_message_bytes:
+                self._close(
+                    connection,
+                    MESSAGE_TOO_BIG,
+                    f"message of {len(payload)} bytes over the limit of "
+                    f"{self._settings.max_message_bytes} (only a batch may be larger)",
+                )
+                return
             self._handle(connection, message, is_binary)
             return
         if not isinstance(batch, list) or len(batch) > self._settings.max_batch:
@@ -252,16 +341,26 @@ class Hub:
                 is_binary,
             )
             return
-        for index, event in enumerate(batch):
-            if isinstance(event, dict):
-                self._handle(connection, event, is_binary, index)
-            else:
-                self._refuse(
-                    connection,
-                    Rejection(NOT_AN_OBJECT, "a batch event must be a JSON object", index=index),
-                    None,
-                    is_binary,
+        # the frame took one token; every further event takes one more
+        granted = 1 + messages.take(len(batch) - 1) if batch else 0
+        limit = self._settings.max_message_bytes
+        for index, event in enumerate(batch[:granted]):
+            if not isinstance(event, dict):
+                refusal = Rejection(
+                    NOT_AN_OBJECT, "a batch event must be a JSON object", index=index
                 )
+                self._refuse(connection, refusal, None, is_binary)
+            elif (size := len(encode(event))) > limit:
+                refusal = Rejection(
+                    MESSAGE_TOO_LARGE,
+                    f"a batch event of {size} bytes is over the limit of {limit}",
+                    index=index,
+                )
+                self._refuse(connection, refusal, event.get("type"), is_binary)
+            else:
+                self._handle(connection, event, is_binary, index)
+        if granted < len(batch):
+            self._rate_limited(connection, granted, is_binary)
 
     # -- what the hub knows
 
@@ -271,6 +370,10 @@ class Hub:
         Nodes in the replay cache, in the order they first reported.
         """
         return list(self._node_status)
+
+    @property
+    def replay_bytes(self) -> int:
+        return self._replay_bytes
 
     def live_connectors(self, node_id: str) -> int:
         return len(self._connectors.get(node_id, ()))
@@ -316,6 +419,23 @@ class Hub:
                 "a dashboard must use a connection of its own",
             )
         peer = connection.peer
+        # A snapshot or a resume costs the hub work and memory until the client has read
+        # it: one at a time, and not too often.
+        if peer.replaying:
+            raise Rejection(
+                REPLAY_BUSY,
+                "the answer to the last CLIENT_CONNECT is still being sent; "
+                "send CLIENT_CONNECT again once it has arrived",
+            )
+        if connection.replays is None:
+            s = self._settings
+            connection.replays = TokenBucket(self._clock, s.replays_per_second, s.replays_burst)
+        if not connection.replays.allow():
+            raise Rejection(
+                RATE_LIMITED,
+                f"CLIENT_CONNECT at most {self._settings.replays_burst} times at once and "
+                f"{self._settings.replays_per_second:g} per second",
+            )
         if connection.role is not Role.DASHBOARD:
             connection.role = Role.DASHBOARD
             self._log.info(
@@ -324,12 +444,20 @@ class Hub:
                 count=len(self._node_status),
             )
         connection.filter = Filter.from_request(message.get("filter"))
+        hub_events = message.get("hubEvents")
+        connection.hub_events = (
+            HUB_EVENTS.intersection(hub_events) if isinstance(hub_events, list) else frozenset()
+        )
         if connection.filter is None:
             self._filtered.pop(peer, None)
             self._recipients[peer] = None
         else:
             self._recipients.pop(peer, None)
             self._filtered[peer] = connection.filter
+        if connection.hub_events:
+            self._hub_event_subscribers[peer] = connection
+        else:
+            self._hub_event_subscribers.pop(peer, None)
         # Everything below goes to this client only, before anything that follows its
         # CLIENT_CONNECT: the hub is single-threaded, so no broadcast can come in between.
         resume = message.get("resume")
@@ -338,14 +466,37 @@ class Hub:
         else:
             self._send_snapshot(connection)
 
+    def _wants(self, connection: Connection, message_type: str, node_id: str | None) -> bool:
+        if message_type in HUB_EVENTS and message_type not in connection.hub_events:
+            return False
+        wanted = connection.filter
+        return wanted is None or wanted.matches(message_type, node_id)
+
     def _send_snapshot(self, connection: Connection) -> None:
         """
-        The latest NODE_STATUS of every node, in first-report order, each with C{online}.
+        The latest NODE_STATUS of every node, in first-report order, each with C{online}, as
+        of now; sent as the client reads it.
         """
-        peer, wanted = connection.peer, connection.filter
-        for node_id, record in self._node_status.items():
-            if wanted is None or wanted.matches(NODE_STATUS, node_id):
-                peer.send(record.payload(node_id in self._connectors))
+        wanted = connection.filter
+        node_ids = [
+            n for n in self._node_status if wanted is None or wanted.matches(NODE_STATUS, n)
+        ]
+        if node_ids:
+            connection.peer.send_stream(
+                self._snapshot_frames(node_ids, self.store.last_seq),
+                _STREAM_COST + _SNAPSHOT_COST_PER_NODE * len(node_ids),
+            )
+
+    def _snapshot_frames(self, node_ids: list[str], as_of: int) -> Iterator[bytes]:
+        """
+        Each node's status as of seq C{as_of}. A node whose status changed since comes
+        later anyway, in the live stream behind the snapshot, so it is skipped here, as is a
+        node evicted meanwhile.
+        """
+        for node_id in node_ids:
+            record = self._node_status.get(node_id)
+            if record is not None and record.seq <= as_of:
+                yield record.replay_payload(node_id in self._connectors)
 
     def _resume(self, connection: Connection, request: dict[str, Any]) -> None:
         """
@@ -353,21 +504,19 @@ class Hub:
         """
         store = self.store
         epoch, seq = request.get("epoch"), request.get("seq")
-        status: dict[str, Any] = {"type": RESUME, "epoch": store.epoch, "seq": store.last_seq}
-        missed = None
+        last = store.last_seq
+        status: dict[str, Any] = {"type": RESUME, "epoch": store.epoch, "seq": last}
         if epoch is None and seq is None:
             status.update(status="fresh")
         elif epoch != store.epoch:
             status.update(status="not_recovered", reason="the hub's history was reset (new epoch)")
-        elif not isinstance(seq, int) or (missed := store.after(seq)) is None:
+        elif not isinstance(seq, int) or store.after(seq, 1) is None:
             status.update(
                 status="not_recovered",
                 reason=f"the history no longer holds every message after seq {seq}",
             )
         else:
-            wanted = connection.filter
-            missed = [m for m in missed if wanted is None or wanted.matches(m.type, m.node_id)]
-            status.update(status="resumed", missed=len(missed))
+            status.update(status="resumed", missed=last - seq)
         peer = connection.peer
         peer.send(encode(status))
         self._log.info(
@@ -377,17 +526,39 @@ class Hub:
             seq=seq,
             status=status["status"],
         )
-        if status["status"] == "resumed":
-            for stored in missed or ():
-                peer.send(stored.payload)
-        else:
+        if status["status"] != "resumed":
             self._send_snapshot(connection)
+        elif isinstance(seq, int) and seq < last:
+            peer.send_stream(self._missed_frames(connection, store.epoch, seq, last), _STREAM_COST)
+
+    def _missed_frames(
+        self, connection: Connection, epoch: str, after: int, last: int
+    ) -> Iterator[bytes]:
+        """
+        The messages after seq C{after} up to C{last} that the client wants, read from the
+        store a chunk at a time.
+        """
+        store = self.store
+        seq = after
+        while seq < last:
+            chunk = store.after(seq, _RESUME_CHUNK) if store.epoch == epoch else None
+            if chunk is None:
+                raise HistoryLostError(f"the history no longer holds seq {seq + 1}")
+            if not chunk:
+                return
+            for stored in chunk:
+                if stored.seq > last:
+                    return
+                seq = stored.seq
+                if self._wants(connection, stored.type, stored.node_id):
+                    yield stored.payload
 
     def _telemetry(
         self, connection: Connection, message_type: str, message: dict[str, Any]
     ) -> None:
         node_id = message.get("nodeId")
-        if not isinstance(node_id, str):
+        placeholder = node_id == PLACEHOLDER_NODE_ID
+        if not isinstance(node_id, str) or placeholder:
             node_id = None
         if connection.role is Role.DASHBOARD:
             raise Rejection(
@@ -414,10 +585,14 @@ class Hub:
                 f"not {shorten(node_id, 64)!r}",
                 messageType=message_type,
             )
+        if placeholder and connection.node_id is not None:
+            message["sourceNodeId"] = connection.node_id
         self.stats.accepted += 1
-        self._publish(message, message_type, node_id)
+        payload = self._publish(message, message_type, node_id or connection.node_id)
         if message_type == NODE_STATUS and node_id is not None:
-            self._remember_node_status(connection, node_id, message)
+            self._remember_node_status(connection, node_id, payload, message["seq"])
+        for observer in self._observers:
+            observer(message_type, message)
 
     def _bind(self, connection: Connection, node_id: str) -> None:
         connection.node_id = node_id
@@ -436,16 +611,12 @@ class Hub:
 
     # -- the broadcast and its history
 
-    def _publish(self, message: dict[str, Any], message_type: str, node_id: str | None) -> None:
+    def _publish(self, message: dict[str, Any], message_type: str, node_id: str | None) -> bytes:
         """
-        Number the message, keep it in the history and send it to every dashboard that
-        wants it. It is serialized once, whoever receives it.
+        Number a connector's message, keep it in the history and send it to every listener
+        and dashboard that wants it. It is serialized once, whoever receives it.
         """
-        store = self.store
-        seq = store.last_seq + 1
-        message["seq"] = seq
-        payload = encode(message)
-        store.append(StoredMessage(seq, message_type, node_id, payload))
+        payload = self._record(message, message_type, node_id)
         if self._filtered:
             targets: Iterable[Peer] = [
                 *self._recipients,
@@ -457,17 +628,29 @@ class Hub:
             self._log.debug(
                 "Broadcasting telemetry event {type} #{seq} from {nodeId}",
                 type=message_type,
-                seq=seq,
+                seq=message["seq"],
                 nodeId=node_id,
             )
         self._fanout(targets, payload)
+        return payload
+
+    def _record(self, message: dict[str, Any], message_type: str, node_id: str | None) -> bytes:
+        store = self.store
+        seq = store.last_seq + 1
+        message["seq"] = seq
+        payload = encode(message)
+        store.append(StoredMessage(seq, message_type, node_id, payload))
+        return payload
 
     def _publish_presence(self, node_id: str, online: bool) -> None:
+        """
+        A hub event: kept in the history like everything else, sent only to those who asked.
+        """
         now = datetime.fromtimestamp(self._clock.seconds(), UTC)
         self._log.info(
             "Node {nodeId} is {state}", nodeId=node_id, state="online" if online else "offline"
         )
-        self._publish(
+        payload = self._record(
             {
                 "type": NODE_PRESENCE,
                 "nodeId": node_id,
@@ -477,48 +660,127 @@ class Hub:
             NODE_PRESENCE,
             node_id,
         )
+        if self._hub_event_subscribers:
+            self._fanout(
+                [
+                    peer
+                    for peer, connection in self._hub_event_subscribers.items()
+                    if self._wants(connection, NODE_PRESENCE, node_id)
+                ],
+                payload,
+            )
 
     # -- the replay cache
 
+    def _went_offline(self, node_id: str) -> None:
+        record = self._node_status.get(node_id)
+        if record is not None:
+            heapq.heappush(self._offline, (record.version, node_id))
+            if len(self._offline) > 2 * len(self._node_status) + 64:
+                self._rebuild_offline()
+        self._publish_presence(node_id, online=False)
+
+    def _rebuild_offline(self) -> None:
+        self._offline = [
+            (record.version, node_id)
+            for node_id, record in self._node_status.items()
+            if node_id not in self._connectors
+        ]
+        heapq.heapify(self._offline)
+
     def _remember_node_status(
-        self, connection: Connection, node_id: str, message: dict[str, Any]
+        self, connection: Connection, node_id: str, payload: bytes, seq: int
     ) -> None:
+        # The node is live (its connector just sent this), so making room never evicts it.
         cache = self._node_status
-        now = self._clock.seconds()
+        self._status_version += 1
         record = cache.get(node_id)
         if record is not None:
-            record.update(message, now)
-            return
-        if len(cache) >= self._settings.max_nodes:
-            victim = self._eviction_candidate()
-            if victim is None:
-                self._warn(
-                    connection,
-                    "Node status cache is full ({max} nodes, all online): "
-                    "{nodeId} is broadcast but not replayed to new dashboards",
-                    max=self._settings.max_nodes,
-                    nodeId=node_id,
-                )
-                return
-            del cache[victim]
-            self._log.info(
-                "Node status cache full: forgot offline node {victim} to make room for {nodeId}",
-                victim=victim,
+            self._replay_bytes -= len(record.payload)
+        if not self._make_room(len(payload), len(cache) + (record is None)):
+            self._warn(
+                connection,
+                "Node status cache is full ({max} nodes, {bytes} bytes, the rest online): "
+                "{nodeId} is broadcast but not replayed to new dashboards",
+                max=self._settings.max_nodes,
+                bytes=self._settings.max_replay_bytes,
                 nodeId=node_id,
             )
-        cache[node_id] = NodeRecord(message, now)
+            if record is not None:  # its old status is out of date: forget it
+                del cache[node_id]
+            return
+        self._replay_bytes += len(payload)
+        if record is None:
+            cache[node_id] = NodeRecord(payload, seq, self._status_version)
+        else:  # in place: the node keeps its first-report position
+            record.payload, record.seq, record.version = payload, seq, self._status_version
 
-    def _eviction_candidate(self) -> str | None:
+    def _make_room(self, size: int, count: int) -> bool:
+        """
+        Evict offline nodes, oldest status first, until C{count} nodes and C{size} more bytes
+        fit; False if only live nodes are left to evict.
+        """
+        s = self._settings
+        cache = self._node_status
+        while count > s.max_nodes or self._replay_bytes + size > s.max_replay_bytes:
+            victim = self._pop_offline()
+            if victim is None:
+                return False
+            record = cache.pop(victim)
+            self._replay_bytes -= len(record.payload)
+            count -= 1
+            self._log.info(
+                "Node status cache full: forgot offline node {victim} to make room",
+                victim=victim,
+            )
+        return True
+
+    def _pop_offline(self) -> str | None:
         """
         The offline node whose status is oldest; live nodes are never evicted, so inventing
         nodeIds cannot push real nodes out.
         """
-        offline = [n for n in self._node_status if n not in self._connectors]
-        if not offline:
-            return None
-        return min(offline, key=lambda n: self._node_status[n].updated_at)
+        heap = self._offline
+        while heap:
+            version, node_id = heapq.heappop(heap)
+            record = self._node_status.get(node_id)
+            if record is not None and record.version == version and node_id not in self._connectors:
+                return node_id
+        return None
 
-    # -- refusals
+    # -- refusals and closes
+
+    def _rate_limited(self, connection: Connection, index: int | None, is_binary: bool) -> None:
+        """
+        Refuse what is over the connection's message rate; close it once that has gone on
+        for C{rate_abuse_seconds} seconds in a row.
+        """
+        s = self._settings
+        detail = f"over the limit of {s.messages_per_second:g} events per second"
+        if index is not None:
+            detail = f"events from index {index} on dropped: {detail}"
+        rejection = Rejection(RATE_LIMITED, detail)
+        if index is not None:
+            rejection.extra["index"] = index
+        self._refuse(connection, rejection, None, is_binary)
+        second = int(self._clock.seconds())
+        if second != connection.rate_second:
+            consecutive = second == connection.rate_second + 1
+            connection.rate_strikes = connection.rate_strikes + 1 if consecutive else 1
+            connection.rate_second = second
+            if connection.rate_strikes >= s.rate_abuse_seconds:
+                self._close(
+                    connection,
+                    POLICY_VIOLATION,
+                    f"over its message rate for {connection.rate_strikes} seconds in a row",
+                )
+
+    def _close(self, connection: Connection, code: int, reason: str) -> None:
+        connection.closing = True
+        self._warn(
+            connection, "Closing {peer} ({nodeId}) with {code}: {reason}", code=code, reason=reason
+        )
+        connection.peer.close(code, reason)
 
     def _refuse(
         self,

@@ -15,7 +15,6 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
-    formatEventAsClassicLogText,
     formatTime,
 )
 from zope.interface import implementer
@@ -90,23 +89,52 @@ class JSONLinesObserver:
         self._out.flush()
 
 
+def _escapes(codes: list[int]) -> dict[int, str]:
+    return {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in codes}
+
+
+#: Characters a client could use to forge or hide log lines in a terminal or a grep: C0 and
+#: C1 controls (CR, LF, ESC for ANSI sequences), DEL, Unicode line and paragraph separators,
+#: and the bidirectional overrides. Written as escapes, e.g. \x1b.
+_CONTROLS = _escapes(
+    [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
+)
+_CONTROLS.update(_escapes([*range(0x2066, 0x206A)]))
+#: ... and in a traceback, which is ours and spans lines, all but the line feed
+_TRACEBACK_CONTROLS = {c: e for c, e in _CONTROLS.items() if c != 0x0A}
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 @implementer(ILogObserver)
 class TextObserver:
     """
-    Readable lines: C{2026-11-27T10:00:00+0000 [namespace#level] message}.
+    Readable lines: C{2026-11-27T10:00:00+0000 [namespace#level] message}. What clients sent
+    (node ids, reasons) reaches the message through its fields, so control characters in the
+    message are escaped: one event is always one line, plus its traceback, if any, indented.
     """
 
     def __init__(self, out: IO[str]) -> None:
         self._out = out
 
     def __call__(self, event: dict[str, Any]) -> None:
-        text = formatEventAsClassicLogText(
-            event,
-            formatTime=lambda t: formatTime(t, timeFormat="%Y-%m-%dT%H:%M:%S%z"),
-        )
-        if text:
-            self._out.write(text)
-            self._out.flush()
+        message = escape_controls(formatEvent(event))
+        failure = event.get("log_failure")
+        if failure is not None:
+            traceback = failure.getTraceback().translate(_TRACEBACK_CONTROLS)
+            message = f"{message}\n{traceback}".rstrip("\n").replace("\n", "\n\t")
+        if not message:
+            return
+        stamp = formatTime(event.get("log_time"), timeFormat="%Y-%m-%dT%H:%M:%S%z")
+        system = event.get("log_system")
+        if not isinstance(system, str):
+            level = event.get("log_level")
+            level_name = level.name if isinstance(level, type(LogLevel.info)) else "-"
+            system = f"{event.get('log_namespace', '-')}#{level_name}"
+        self._out.write(f"{stamp} [{escape_controls(system)}] {message}\n")
+        self._out.flush()
 
 
 def make_observer(level: str, format: str, out: IO[str]) -> ILogObserver:

@@ -1,5 +1,6 @@
 """
-Rate limiting for things a misbehaving peer can make the hub do: log lines and error frames.
+Rate limiting for things a misbehaving peer can make the hub do: messages, snapshots, log
+lines and error frames.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ class TokenBucket:
             return True
         self.suppressed += 1
         return False
+
+    def take(self, count: int) -> int:
+        """
+        Take up to C{count} tokens at once; return how many were granted (the rest count as
+        refused).
+        """
+        now = self._clock.seconds()
+        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        granted = min(count, int(tokens))
+        self._tokens = tokens - granted
+        self.suppressed += count - granted
+        return granted
 
     def take_suppressed(self) -> int:
         """

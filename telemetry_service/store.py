@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import secrets
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,11 +50,15 @@ class MessageStore(Protocol):
         Add the next message; its seq must be C{last_seq + 1}.
         """
 
-    def after(self, seq: int) -> Sequence[StoredMessage] | None:
+    def after(self, seq: int, limit: int) -> Sequence[StoredMessage] | None:
         """
-        Every message newer than C{seq}, oldest first; C{None} if the store no longer holds
-        all of them (or never did: C{seq} is ahead of C{last_seq}).
+        The first C{limit} messages newer than C{seq}, oldest first; C{None} if the store no
+        longer holds all the messages after C{seq} (or never did: C{seq} is ahead of
+        C{last_seq}). An empty sequence means C{seq} is the newest.
         """
+
+
+Entry = tuple[int, int, str, str | None]
 
 
 class MemoryStore:
@@ -65,8 +68,10 @@ class MemoryStore:
     Payloads live in one ring buffer of C{max_bytes} (anonymous memory, so pages are only
     backed as they fill) rather than as one object each: a long FIFO of objects interleaved
     with the hub's short-lived allocations fragments the heap, which cost several times the
-    history's size in resident memory. Entries are C{(offset, length, type, node_id)}; their
-    seqs are contiguous, so an entry's seq is its position plus the oldest seq.
+    history's size in resident memory. Entries are C{(offset, length, type, node_id)} in a
+    circular list that grows (by doubling) up to C{max_messages}, so that the entry of any
+    seq is found at once; their seqs are contiguous, so an entry's seq is its position plus
+    the oldest seq.
     """
 
     def __init__(self, max_messages: int, max_bytes: int, epoch: str | None = None) -> None:
@@ -74,7 +79,9 @@ class MemoryStore:
         self._capacity = max_bytes
         self._ring = mmap.mmap(-1, max_bytes)
         self._tail = 0
-        self._entries: deque[tuple[int, int, str, str | None]] = deque()
+        self._slots: list[Entry | None] = [None] * min(max_messages, 1024)
+        self._start = 0  # slot of the oldest entry
+        self._count = 0
         self._bytes = 0
         self._last_seq = 0
         self._epoch = epoch or secrets.token_hex(8)
@@ -92,35 +99,70 @@ class MemoryStore:
         """
         The oldest seq still held (C{last_seq + 1} when empty).
         """
-        return self._last_seq - len(self._entries) + 1
+        return self._last_seq - self._count + 1
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
+    def _entry(self, index: int) -> Entry:
+        """
+        The C{index}th entry held, 0 being the oldest.
+        """
+        slots = self._slots
+        entry = slots[(self._start + index) % len(slots)]
+        assert entry is not None
+        return entry
+
+    def _pop_oldest(self) -> None:
+        slots = self._slots
+        entry = slots[self._start]
+        assert entry is not None
+        slots[self._start] = None
+        self._start = (self._start + 1) % len(slots)
+        self._count -= 1
+        self._bytes -= entry[1]
+
+    def _clear(self) -> None:
+        while self._count:
+            self._pop_oldest()
+
     def append(self, message: StoredMessage) -> None:
         if message.seq != self._last_seq + 1:
             raise ValueError(f"seq {message.seq} does not follow {self._last_seq}")
         self._last_seq = message.seq
-        entries = self._entries
         length = len(message.payload)
         # an empty payload still takes one byte, so that every entry has its own offset
         room = max(length, 1)
         if room > self._capacity:
             # cannot be held: the history now starts after it
-            entries.clear()
-            self._bytes = 0
+            self._clear()
             return
         start = self._make_room(room)
-        while len(entries) >= self._max_messages:
-            self._bytes -= entries.popleft()[1]
+        if self._count >= self._max_messages:
+            self._pop_oldest()
+        elif self._count == len(self._slots):
+            self._grow()
         self._ring[start : start + length] = message.payload
         self._tail = start + room
-        entries.append((start, length, message.type, message.node_id))
+        slots = self._slots
+        slots[(self._start + self._count) % len(slots)] = (
+            start,
+            length,
+            message.type,
+            message.node_id,
+        )
+        self._count += 1
         self._bytes += length
+
+    def _grow(self) -> None:
+        slots, start = self._slots, self._start
+        size = min(self._max_messages, 2 * len(slots))
+        self._slots = slots[start:] + slots[:start] + [None] * (size - len(slots))
+        self._start = 0
 
     def _make_room(self, length: int) -> int:
         """
@@ -130,29 +172,32 @@ class MemoryStore:
         the end of the ring at most once; a write that would not fit before the end starts
         again at 0, leaving the end unused.
         """
-        entries, tail, capacity = self._entries, self._tail, self._capacity
-        while entries:
-            head = entries[0][0]
+        tail, capacity = self._tail, self._capacity
+        while self._count:
+            head = self._entry(0)[0]
             # the held bytes wrap when the newest entry starts before the oldest one
-            if entries[-1][0] >= head:  # no wrap: free space is [tail, end) and [0, head)
+            if self._entry(self._count - 1)[0] >= head:
+                # no wrap: free space is [tail, end) and [0, head)
                 if tail + length <= capacity:
                     return tail
                 if length <= head:
                     return 0
             elif tail + length <= head:  # they wrap: free space is [tail, head)
                 return tail
-            self._bytes -= entries.popleft()[1]
+            self._pop_oldest()
         return tail if tail + length <= capacity else 0
 
-    def after(self, seq: int) -> Sequence[StoredMessage] | None:
+    def after(self, seq: int, limit: int) -> Sequence[StoredMessage] | None:
         if seq > self._last_seq or seq < 0:
             return None
         first = self.first_seq
         if seq < first - 1:
             return None
         ring = self._ring
-        return [
-            StoredMessage(first + i, kind, node_id, ring[offset : offset + length])
-            for i, (offset, length, kind, node_id) in enumerate(self._entries)
-            if first + i > seq
-        ]
+        begin = seq - first + 1
+        result = []
+        for index in range(begin, min(self._count, begin + limit)):
+            offset, length, kind, node_id = self._entry(index)
+            payload = ring[offset : offset + length]
+            result.append(StoredMessage(first + index, kind, node_id, payload))
+        return result

@@ -134,7 +134,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def hello(args: argparse.Namespace) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": "CLIENT_CONNECT"}
+    # it prints nodes coming and going too, which are the hub's own events: ask for them
+    message: dict[str, Any] = {"type": "CLIENT_CONNECT", "hubEvents": ["NODE_PRESENCE"]}
     wanted: dict[str, Any] = {}
     if args.types:
         wanted["types"] = args.types

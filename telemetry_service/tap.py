@@ -28,6 +28,7 @@ from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
+from telemetry_service.settlement import SettlementState
 from telemetry_service.web import build_site
 from telemetry_service.websocket import (
     Listener,
@@ -210,6 +211,56 @@ OPTIONS = [
         "max_queued_bytes",
     ),
     Option(
+        "max-total-queued-bytes",
+        "TELEMETRY_MAX_TOTAL_QUEUED_BYTES",
+        _d("max_total_queued_bytes"),
+        _positive_int,
+        "bytes waiting for slow readers, all connections together; past it the biggest "
+        "queues are closed with 4008",
+        "max_total_queued_bytes",
+    ),
+    Option(
+        "max-batch-bytes",
+        "TELEMETRY_MAX_BATCH_BYTES",
+        _d("max_batch_bytes"),
+        _positive_int,
+        'largest {"batch": [...]} frame; each event in it is held to --max-message-bytes',
+        "max_batch_bytes",
+    ),
+    Option(
+        "max-message-rate",
+        "TELEMETRY_MAX_MESSAGE_RATE",
+        _d("messages_per_second"),
+        _positive_float,
+        "events per second one connection may send (bursts of twice that); more are refused, "
+        "and 5 seconds in a row over it close the connection with 1008",
+        "messages_per_second",
+    ),
+    Option(
+        "max-connections",
+        "TELEMETRY_MAX_CONNECTIONS",
+        _d("max_connections"),
+        _positive_int,
+        "open connections in all; more are refused at the handshake (503)",
+        "max_connections",
+    ),
+    Option(
+        "max-connections-per-address",
+        "TELEMETRY_MAX_CONNECTIONS_PER_ADDRESS",
+        _d("max_connections_per_address"),
+        _positive_int,
+        "open connections from one address; more are refused at the handshake (429)",
+        "max_connections_per_address",
+    ),
+    Option(
+        "max-replay-bytes",
+        "TELEMETRY_MAX_REPLAY_BYTES",
+        _d("max_replay_bytes"),
+        _positive_int,
+        "bytes of NODE_STATUS kept for replay (with --max-nodes)",
+        "max_replay_bytes",
+    ),
+    Option(
         "history-messages",
         "TELEMETRY_HISTORY_MESSAGES",
         _d("history_messages"),
@@ -267,6 +318,11 @@ class Options(usage.Options):
                 settings = replace(settings, **{option.setting: values[option.name]})
         if settings.ping_timeout < 1 or settings.ping_interval < 1:
             raise usage.UsageError("ping interval and timeout must be at least 1 second")
+        if settings.max_queued_bytes < 2 * settings.max_message_bytes:
+            raise usage.UsageError(
+                "--max-queued-bytes must be at least twice --max-message-bytes: "
+                "a dashboard must be able to hold the largest message"
+            )
         self.settings = settings
         self.endpoint = endpoint_description(values["port"] or "9000", settings.backlog)
         http = (values["http-port"] or "8080").strip()
@@ -423,6 +479,8 @@ def build_service(
         fanout=prepared_fanout,
         log_broadcasts=options.log_level == "debug",
     )
+    settlement = SettlementState(clock)
+    hub.add_observer(settlement.observe)
     factory = TelemetryServerFactory(hub, settings, clock)
     service = TelemetryHubService(
         hub=hub,
@@ -438,7 +496,7 @@ def build_service(
             http_endpoint = serverFromString(reactor, options.http_endpoint)
         except (ValueError, TypeError, KeyError, OSError) as e:
             raise ConfigurationError(f"bad --http-port {options.http_endpoint!r}: {e}") from None
-        site = build_site(hub, lambda: listener.port_number)
+        site = build_site(hub, settlement, lambda: listener.port_number, clock)
         web = Listener(http_endpoint, options.http_endpoint, site)
         web.what = "page and /health"
         web.setName("http")

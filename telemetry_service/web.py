@@ -1,39 +1,81 @@
 """
-The hub's HTTP side: the live dashboard page at C{/}, C{/health} for monitors, and
-C{/config.json}, which tells the page where the WebSocket is.
+The hub's HTTP side: the live dashboard page at C{/}, C{/health} for monitors,
+C{/config.json}, which tells the page where the WebSocket is, and the original hub's API
+(C{/api/balances}, C{/api/settlements/recent}, C{/api/channels}).
+
+Anyone who can reach the port can send it anything, so every request is held to a deadline
+(headers and body within C{REQUEST_SECONDS}, however slowly they drip in), bodies are refused
+past C{MAX_BODY_BYTES}, a request that fails inside the hub gets a plain 500 and one short
+log line (never a traceback in the response, and at most one line a second in the log), and
+every response carries headers that keep browsers from sniffing, framing or loading anything
+the page does not need.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.pages import forbidden
+from twisted.web.pages import forbidden, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
 from telemetry_service import __version__
 from telemetry_service.hub import Hub
+from telemetry_service.ratelimit import TokenBucket
+from telemetry_service.settlement import SettlementState
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: a request's line, headers and body must all arrive within this many seconds
+REQUEST_SECONDS = 10.0
+#: an idle keep-alive connection is closed after this many seconds
+IDLE_SECONDS = 30.0
+#: nothing here takes a body; a small one is read and ignored, a bigger one refused
+MAX_BODY_BYTES = 64 * 1024
+#: a path segment with one of these is no file of ours (NUL makes the OS refuse the path)
+_UNPRINTABLE = re.compile(rb"[\x00-\x1f\x7f]")
+#: what a Host header may be, to be named in the Content-Security-Policy
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})$")
 
 
 class _StaticFiles(File):
     """
-    The page's files; folders are not listed.
+    The page's files; folders are not listed, and names no file can have are not looked up.
     """
 
     def directoryListing(self) -> IResource:
         return forbidden()
 
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if _UNPRINTABLE.search(path):
+            return notFound()
+        return super().getChild(path, request)
+
+
+class _Folder(Resource):
+    """
+    A path that only holds other resources: itself, it is not found.
+    """
+
+    def render(self, request: Any) -> bytes:
+        result: bytes = notFound().render(request)
+        return result
+
 
 class _JSONResource(Resource):
     isLeaf = True
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> Any:
         raise NotImplementedError
 
     def render_GET(self, request: Request) -> bytes:
@@ -72,7 +114,7 @@ class ConfigResource(_JSONResource):
     C{--port tcp:0} works too). The page connects to that port on the host it came from.
     """
 
-    def __init__(self, websocket_port: Any) -> None:
+    def __init__(self, websocket_port: Callable[[], int | None]) -> None:
         super().__init__()
         self._websocket_port = websocket_port
 
@@ -80,17 +122,153 @@ class ConfigResource(_JSONResource):
         return {"wsPort": self._websocket_port()}
 
 
-class _QuietSite(Site):
+class ListResource(_JSONResource):
     """
-    A site without access log lines: monitors polling /health every few seconds would drown
-    the hub's own log. Put a reverse proxy in front for access logs.
+    A JSON array from the hub's state, as the original hub's API answered.
     """
+
+    def __init__(self, items: Callable[[], list[dict[str, Any]]]) -> None:
+        super().__init__()
+        self._items = items
+
+    def body(self) -> list[dict[str, Any]]:
+        return self._items()
+
+
+class _HardenedRequest(Request):
+    def process(self) -> None:
+        channel: Any = self.channel
+        site = cast(HubSite, channel.site)
+        self.setHeader(b"x-content-type-options", b"nosniff")
+        self.setHeader(b"x-frame-options", b"DENY")
+        self.setHeader(b"referrer-policy", b"no-referrer")
+        self.setHeader(b"content-security-policy", site.content_security_policy(self))
+        super().process()
+
+    def processingFailed(self, reason: Failure) -> None:
+        site = cast(HubSite, self.site)
+        site.request_failed(self, reason)
+        body = b"internal error\n"
+        self.setResponseCode(http.INTERNAL_SERVER_ERROR)
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
+class _DeadlineChannel(http.HTTPChannel):
+    """
+    An HTTP connection whose requests must arrive whole within L{REQUEST_SECONDS}.
+
+    Twisted's own timeout is an idle timeout, reset by every byte received, so a client
+    that sends one byte every few seconds would hold the connection for ever.
+    """
+
+    _deadline: IDelayedCall | None = None
+    #: set by the site that builds it
+    site: HubSite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        # the first byte of the next request on a kept-alive connection starts its clock
+        if self._deadline is None and not self._handlingRequest:
+            self._start_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        if self.length is not None and self.length > MAX_BODY_BYTES:
+            self._stop_deadline()
+            transport: Any = self.transport
+            transport.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            transport.loseConnection()
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _start_deadline(self) -> None:
+        self._deadline = self.site.clock.callLater(REQUEST_SECONDS, self._too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport: Any = self.transport
+        transport.abortConnection()
+
+
+class HubSite(Site):
+    """
+    The hub's HTTP site, without access log lines: monitors polling /health every few
+    seconds would drown the hub's own log. Put a reverse proxy in front for access logs.
+    """
+
+    _log = Logger()
+    protocol = _DeadlineChannel  # type: ignore[assignment]
+    requestFactory = _HardenedRequest
+    noisy = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        clock: IReactorTime,
+        websocket_port: Callable[[], int | None],
+    ) -> None:
+        super().__init__(resource, timeout=IDLE_SECONDS, reactor=clock)
+        self.clock = clock
+        self._websocket_port = websocket_port
+        self._error_log = TokenBucket(clock, 1.0, 5)
 
     def log(self, request: http.Request) -> None:
         pass
 
+    def content_security_policy(self, request: Request) -> bytes:
+        """
+        Exactly what the page loads: its own scripts, styles and JSON, and the hub's
+        WebSocket on the host the page came from.
+        """
+        sockets = "ws: wss:"
+        host = (request.getRequestHostname() or b"").decode("ascii", "replace")
+        port = self._websocket_port()
+        if _HOST.match(host) and port is not None:
+            sockets = f"ws://{host}:{port} wss://{host}:{port}"
+        return (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self' {sockets}; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'none'"
+        ).encode("ascii")
 
-def build_site(hub: Hub, websocket_port: Any) -> Site:
+    def request_failed(self, request: Request, reason: Failure) -> None:
+        if self._error_log.allow():
+            self._log.error(
+                "Error serving {method} {path}: {error} ({suppressed} more not logged)",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path[:200].decode("ascii", "replace"),
+                error=reason.getErrorMessage()[:200],
+                suppressed=self._error_log.take_suppressed(),
+            )
+
+
+def build_site(
+    hub: Hub,
+    settlement: SettlementState,
+    websocket_port: Callable[[], int | None],
+    clock: IReactorTime,
+) -> Site:
     """
     @param websocket_port: returns the WebSocket listener's port number, or None.
     """
@@ -98,6 +276,11 @@ def build_site(hub: Hub, websocket_port: Any) -> Site:
     root.indexNames = ["index.html"]
     root.putChild(b"health", HealthResource(hub))
     root.putChild(b"config.json", ConfigResource(websocket_port))
-    site = _QuietSite(root)
-    site.noisy = False
-    return site
+    api = _Folder()
+    api.putChild(b"balances", ListResource(settlement.balances))
+    api.putChild(b"channels", ListResource(settlement.channels))
+    settlements = _Folder()
+    settlements.putChild(b"recent", ListResource(settlement.recent_settlements))
+    api.putChild(b"settlements", settlements)
+    root.putChild(b"api", api)
+    return HubSite(root, clock, websocket_port)

@@ -14,11 +14,12 @@ objects). Everything outgoing goes through a bounded per-connection queue
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
@@ -28,16 +29,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from telemetry_service.config import Settings
-from telemetry_service.errors import ConfigurationError
+from telemetry_service.errors import GOING_AWAY, INVALID_PAYLOAD, TOO_SLOW, ConfigurationError
 from telemetry_service.hub import Hub, Peer
-
-#: Close code sent to every peer when the hub shuts down (RFC 6455 "going away").
-GOING_AWAY = 1001
-#: Close code sent to a dashboard whose unread messages exceed C{max_queued_bytes}.
-TOO_SLOW = 4008
+from telemetry_service.ratelimit import TokenBucket
 
 _OPEN = WebSocketProtocol.STATE_OPEN
-_INVALID_PAYLOAD = 1007
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -64,40 +60,112 @@ def _unmask(data: bytes, start: int, end: int, mask: bytes) -> bytes:
     return value.to_bytes(length, "little")
 
 
+class _Stream:
+    """
+    A queued stream of messages (a snapshot, a resume), pulled only as the peer reads.
+    """
+
+    __slots__ = ("cost", "frames")
+
+    def __init__(self, frames: Iterator[bytes], cost: int) -> None:
+        self.frames = frames
+        self.cost = cost
+
+
+class OutboundBudget:
+    """
+    The bytes waiting for slow readers, summed over every connection, against one limit.
+
+    Each connection is held to its own budget (L{WebSocketPeer.limit}); this one keeps many
+    connections, each within its own, from adding up to more than the hub can hold. Past
+    the limit, the connections with the biggest queues are closed first, until the total is
+    back under it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        #: connections with something queued (the only candidates for a cut)
+        self._holders: dict[WebSocketPeer, None] = {}
+        self.cuts = 0
+
+    def add(self, peer: WebSocketPeer, size: int) -> None:
+        self.total += size
+        self._holders[peer] = None
+        if self.total > self.limit:
+            self._cut()
+
+    def release(self, peer: WebSocketPeer, size: int, empty: bool) -> None:
+        self.total -= size
+        if empty:
+            self._holders.pop(peer, None)
+
+    def _cut(self) -> None:
+        biggest_first = sorted(self._holders, key=lambda p: p.queued_bytes, reverse=True)
+        self._log.warn(
+            "Outbound queues hold {total} bytes, over the hub's limit of {limit}: "
+            "closing the biggest",
+            total=self.total,
+            limit=self.limit,
+        )
+        for peer in biggest_first:
+            if self.total <= self.limit:
+                break
+            self.cuts += 1
+            peer.cut(f"its queue was among the biggest when the hub's {self.limit} bytes ran out")
+
+
 class WebSocketPeer:
     """
     One open WebSocket connection, as the hub sees it, with its bounded outbound queue.
 
-    While the transport's buffer is over its high-water mark (it tells us through
-    C{pauseProducing}), frames wait in C{_queue}; past C{limit} bytes the connection is
-    closed with L{TOO_SLOW}. The frames in the queue are shared with every other recipient
-    of the same broadcast, so a queued frame costs a reference, not a copy.
+    Every byte the hub holds for the connection counts against C{limit}: frames of this
+    reactor pass not yet written (C{_pending}), frames waiting while the transport's buffer
+    is over its high-water mark (it tells us through C{pauseProducing}) in C{_queue}, and
+    what the unsent part of a snapshot or resume holds. Past C{limit} the connection is
+    closed with L{TOO_SLOW}. Queued frames are shared with every other recipient of the
+    same broadcast, so a queued frame costs a reference, not a copy; it is still counted in
+    full, as the most it could cost.
     """
 
     __slots__ = (
         "_batcher",
+        "_budget",
+        "_failed",
         "_pending",
+        "_pending_bytes",
         "_protocol",
         "_queue",
         "_queued_bytes",
+        "_streams",
         "_transport",
         "address",
         "limit",
     )
 
     def __init__(
-        self, protocol: TelemetryServerProtocol, limit: int, batcher: WriteBatcher | None = None
+        self,
+        protocol: TelemetryServerProtocol,
+        limit: int,
+        batcher: WriteBatcher | None = None,
+        budget: OutboundBudget | None = None,
     ) -> None:
         self._protocol = protocol
         self._transport: Any = protocol.transport
         # plain TCP and UNIX sockets only: a TLS transport must encrypt what it sends
         direct = isinstance(self._transport, tcp.Connection) and not self._transport.TLS
         self._batcher = batcher if direct else None
+        self._budget = budget or OutboundBudget(2**62)
         # frames of this reactor pass, not yet sent (see WriteBatcher)
         self._pending: list[bytes] | None = None
+        self._pending_bytes = 0
         # made when first needed: an empty deque costs ~600 bytes per idle connection
-        self._queue: deque[bytes] | None = None
+        self._queue: deque[bytes | _Stream] | None = None
         self._queued_bytes = 0
+        self._streams = 0
+        self._failed = False
         self.address: str = str(protocol.peer)
         self.limit = limit
 
@@ -106,8 +174,15 @@ class WebSocketPeer:
         return self._protocol.write_paused
 
     @property
+    def replaying(self) -> bool:
+        return self._streams > 0
+
+    @property
     def queued_bytes(self) -> int:
-        return self._queued_bytes
+        """
+        Bytes held for this connection: this pass's frames, the queue and its streams.
+        """
+        return self._pending_bytes + self._queued_bytes
 
     def send(self, payload: bytes) -> None:
         self.send_frame(text_frame(payload))
@@ -117,15 +192,8 @@ class WebSocketPeer:
         # After a close frame has gone out (shutdown, 1009, 4008) no data frame may follow.
         if protocol.state != _OPEN:
             return
-        queue = self._queue
-        if protocol.write_paused or queue:
-            if queue is None:
-                queue = self._queue = deque()
-            queue.append(frame)
-            self._queued_bytes += len(frame)
-            if self._queued_bytes > self.limit:
-                self.drop_queue()
-                protocol.too_slow(self.limit)
+        if protocol.write_paused or self._queue:
+            self._enqueue(frame, len(frame))
         elif self._batcher is not None:
             pending = self._pending
             if pending is None:
@@ -133,14 +201,51 @@ class WebSocketPeer:
                 self._batcher.mark(self)
             else:
                 pending.append(frame)
+            self._pending_bytes += len(frame)
+            if self._pending_bytes + self._queued_bytes > self.limit:
+                self._over_limit()
         else:
             self._transport.write(frame)
+
+    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
+        if self._protocol.state != _OPEN:
+            return
+        self._streams += 1
+        self._enqueue(_Stream(frames, cost), cost)
+        if not self._protocol.write_paused:
+            self.flush()
+
+    def close(self, code: int, reason: str) -> None:
+        self.drop_queue()
+        self._protocol.close_with(code, reason)
+
+    def _enqueue(self, item: bytes | _Stream, size: int) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
+        self._queued_bytes += size
+        self._budget.add(self, size)
+        if self._pending_bytes + self._queued_bytes > self.limit:
+            self._over_limit()
+
+    def _over_limit(self) -> None:
+        self.drop_queue()
+        self._protocol.too_slow(self.limit)
+
+    def cut(self, why: str) -> None:
+        """
+        Close this connection to give back what the hub holds for it.
+        """
+        self.drop_queue()
+        self._protocol.too_slow(self.limit, why)
 
     def write_pending(self) -> None:
         """
         Send this pass's frames in one go (see L{WriteBatcher}).
         """
         frames, self._pending = self._pending, None
+        self._pending_bytes = 0
         # frames still pending when a close frame went out must not follow it
         if not frames or self._protocol.state != _OPEN:
             return
@@ -163,21 +268,53 @@ class WebSocketPeer:
 
     def flush(self) -> None:
         """
-        Hand queued frames to the transport until it is full again.
+        Hand queued frames to the transport, and pull streams, until it is full again.
         """
         # frames of the current pass were sent before anything that queued after them
         self.write_pending()
         queue, protocol, transport = self._queue, self._protocol, self._transport
-        if queue is None:
-            return
         while queue and not protocol.write_paused and protocol.state == _OPEN:
-            frame = queue.popleft()
-            self._queued_bytes -= len(frame)
-            transport.write(frame)
+            item = queue[0]
+            if isinstance(item, bytes):
+                queue.popleft()
+                self._release(len(item))
+                transport.write(item)
+                continue
+            try:
+                payload = next(item.frames, None)
+            except Exception:
+                self.failed(Failure(), "while its snapshot or resume was being sent")
+                return
+            if payload is None:
+                queue.popleft()
+                self._streams -= 1
+                self._release(item.cost)
+            else:
+                transport.write(text_frame(payload))
+
+    def _release(self, size: int) -> None:
+        self._queued_bytes -= size
+        self._budget.release(self, size, not self._queue)
 
     def drop_queue(self) -> None:
+        self._pending = None
+        self._pending_bytes = 0
+        if self._queued_bytes or self._queue:
+            self._budget.release(self, self._queued_bytes, True)
         self._queue = None
         self._queued_bytes = 0
+        self._streams = 0
+
+    def failed(self, failure: Failure, doing: str = "while sending to it") -> None:
+        """
+        Something failed in this connection's send path: say so once, close this
+        connection only, and let every other go on.
+        """
+        if self._failed:
+            return
+        self._failed = True
+        self.drop_queue()
+        self._protocol.send_failed(failure, doing)
 
 
 class WriteBatcher:
@@ -193,6 +330,8 @@ class WriteBatcher:
     together at the start of the next pass keeps both: one send() per connection and pass,
     no registration unless the socket is full. What the socket does not take goes through
     C{write}, so order, the producer signal and error handling stay Twisted's.
+
+    A failure while sending to one connection closes that connection and nothing else.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -207,7 +346,10 @@ class WriteBatcher:
     def flush(self) -> None:
         marked, self._marked = self._marked, []
         for peer in marked:
-            peer.write_pending()
+            try:
+                peer.write_pending()
+            except Exception:
+                peer.failed(Failure())
 
 
 def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:
@@ -217,7 +359,11 @@ def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:
     frame = text_frame(payload)
     # The hub only ever holds the peers this module made.
     for peer in cast("Iterable[WebSocketPeer]", peers):
-        peer.send_frame(frame)
+        try:
+            peer.send_frame(frame)
+        except Exception:
+            # one connection's failure must cost that connection, never the broadcast
+            peer.failed(Failure())
 
 
 def _set_tcp_nodelay(transport: Any) -> bool:
@@ -252,19 +398,32 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
     #: set by Autobahn from the factory's options
     maxMessagePayloadSize: int
 
+    #: (HTTP status, reason) when this connection is over a connection limit: it is
+    #: refused at the handshake
+    _refusal: tuple[int, str] | None = None
+    _counted_as: str | None = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
         _set_tcp_nodelay(self.transport)
         # As a push producer we are told when the peer stops reading (buffer over 64 KiB).
         transport: Any = self.transport
         transport.registerProducer(self, True)
-        self.factory.connections.add(self)
+        # Counted from the TCP connection on: one that never completes its handshake, or
+        # never says what it is, holds a place like any other.
+        self._counted_as = _address_key(transport)
+        self._refusal = self.factory.admit(self, self._counted_as)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.connections.discard(self)
+        self.factory.leave(self, self._counted_as)
         if self._hub_peer is not None:
             self._hub_peer.drop_queue()
         super().connectionLost(reason)
+
+    def onConnect(self, request: Any) -> None:
+        if self._refusal is not None:
+            status, reason = self._refusal
+            raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
         # Autobahn keeps the whole opening handshake on every connection (about 1 KiB); it
@@ -273,7 +432,10 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         self.http_request_data = b""
         self.http_response_data = ""
         self.http_status_line = ""
-        self._hub_peer = WebSocketPeer(self, self.factory.max_queued_bytes, self.factory.batcher)
+        factory = self.factory
+        self._hub_peer = WebSocketPeer(
+            self, factory.max_queued_bytes, factory.batcher, factory.budget
+        )
         self.factory.hub.connection_opened(self._hub_peer)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -336,7 +498,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
                         payload.decode("utf-8")
                     except UnicodeDecodeError:
                         self._fail_connection(
-                            _INVALID_PAYLOAD, "received text message is not valid UTF-8"
+                            INVALID_PAYLOAD, "received text message is not valid UTF-8"
                         )
                         return
                 self.onMessage(payload, opcode == 2)
@@ -345,17 +507,38 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
             if pos:
                 self.data = data[pos:]
 
-    def too_slow(self, limit: int) -> None:
+    def too_slow(self, limit: int, why: str | None = None) -> None:
+        if self.state != _OPEN:
+            return
         self._log.warn(
-            "Closing {peer} with {code}: it stopped reading and more than {limit} bytes "
-            "waited for it",
+            "Closing {peer} with {code}: {why}",
             peer=self.peer,
             code=TOO_SLOW,
             limit=limit,
+            why=why or f"it reads too slowly: more than {limit} bytes waited for it",
         )
         self.sendCloseFrame(
             code=TOO_SLOW, reasonUtf8=b"too slow: outbound queue over limit", isReply=False
         )
+
+    def close_with(self, code: int, reason: str) -> None:
+        """
+        Start the closing handshake with any code, RFC 6455's own (1008, 1009) included,
+        which Autobahn's C{sendClose} refuses.
+        """
+        if self.state == _OPEN:
+            # a close frame's reason has room for 123 bytes
+            reason_bytes = reason.encode("utf-8")[:123]
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+
+    def send_failed(self, failure: Failure, doing: str) -> None:
+        self._log.failure(
+            "Sending to {peer} failed {doing}; closing that connection only",
+            failure,
+            peer=self.peer,
+            doing=doing,
+        )
+        self.dropConnection(abort=True)
 
     def go_away(self) -> None:
         """
@@ -395,6 +578,8 @@ class TelemetryServerFactory(WebSocketServerFactory):
     # Twisted's "Starting factory" lines say nothing the listening line does not.
     noisy = False
 
+    _log = Logger()
+
     def __init__(self, hub: Hub, settings: Settings, clock: IReactorTime | None = None) -> None:
         """
         @param clock: runs the write batching; without one, frames go to C{transport.write}.
@@ -403,10 +588,21 @@ class TelemetryServerFactory(WebSocketServerFactory):
         self.hub = hub
         self.batcher = WriteBatcher(clock) if clock is not None else None
         self.max_queued_bytes = settings.max_queued_bytes
+        self.budget = OutboundBudget(settings.max_total_queued_bytes)
         self.connections: set[TelemetryServerProtocol] = set()
+        self._max_connections = settings.max_connections
+        self._max_per_address = settings.max_connections_per_address
+        self._per_address: dict[str, int] = {}
+        #: connections refused at the handshake, by reason
+        self.refused: dict[str, int] = {"total": 0, "per_address": 0}
+        # refusals are logged at most once a second, with a count of the rest
+        self._refusal_log = TokenBucket(clock or _reactor_clock(), 1.0, 5)
+        # One limit for the frame: a batch may be up to max_batch_bytes; the hub holds a
+        # single event to max_message_bytes (and closes with 1009 past it) itself.
+        largest = max(settings.max_message_bytes, settings.max_batch_bytes)
         self.setProtocolOptions(
-            maxFramePayloadSize=settings.max_message_bytes,
-            maxMessagePayloadSize=settings.max_message_bytes,
+            maxFramePayloadSize=largest,
+            maxMessagePayloadSize=largest,
             autoPingInterval=settings.ping_interval,
             autoPingTimeout=settings.ping_timeout,
             openHandshakeTimeout=settings.handshake_timeout,
@@ -417,6 +613,62 @@ class TelemetryServerFactory(WebSocketServerFactory):
             # No HTML status page for plain HTTP requests to the WebSocket port.
             webStatus=False,
         )
+
+    def admit(self, protocol: TelemetryServerProtocol, address: str) -> tuple[int, str] | None:
+        """
+        Count a new connection; say why it must be refused, if it must.
+        """
+        self.connections.add(protocol)
+        count = self._per_address[address] = self._per_address.get(address, 0) + 1
+        if len(self.connections) > self._max_connections:
+            return self._refuse(
+                "total", 503, f"the hub is at its limit of {self._max_connections} connections"
+            )
+        if count > self._max_per_address:
+            return self._refuse(
+                "per_address",
+                429,
+                f"more than {self._max_per_address} connections from {address}",
+            )
+        return None
+
+    def leave(self, protocol: TelemetryServerProtocol, address: str | None) -> None:
+        if protocol not in self.connections:
+            return
+        self.connections.discard(protocol)
+        if address is not None:
+            count = self._per_address.get(address, 1) - 1
+            if count:
+                self._per_address[address] = count
+            else:
+                self._per_address.pop(address, None)
+
+    def _refuse(self, kind: str, status: int, reason: str) -> tuple[int, str]:
+        self.refused[kind] += 1
+        if self._refusal_log.allow():
+            self._log.warn(
+                "Refusing a connection at the handshake ({status}): {reason} "
+                "({suppressed} more refusals not logged)",
+                status=status,
+                reason=reason,
+                suppressed=self._refusal_log.take_suppressed(),
+            )
+        return status, reason
+
+
+def _address_key(transport: Any) -> str:
+    """
+    What the per-address limit counts by: the remote host of a TCP connection (a UNIX
+    socket's peers all count as one).
+    """
+    host = getattr(transport.getPeer(), "host", None)
+    return host if isinstance(host, str) else "local"
+
+
+def _reactor_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return cast(IReactorTime, reactor)
 
 
 class Listener(Service):

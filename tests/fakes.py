@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 _ports = itertools.count(40000)
@@ -15,16 +15,58 @@ _ports = itertools.count(40000)
 class FakePeer:
     """
     A peer that records what the hub sends it.
+
+    A stream (snapshot, resume) is read at once, as by a client that keeps up, unless the
+    peer is made with C{reading=False}: then it waits in C{streams} until L{read} is called,
+    and what is sent meanwhile waits behind it, as on a real connection.
     """
 
-    def __init__(self, address: str | None = None, congested: bool = False) -> None:
+    def __init__(
+        self, address: str | None = None, congested: bool = False, reading: bool = True
+    ) -> None:
         self.address = address or f"tcp4:127.0.0.1:{next(_ports)}"
         self.congested = congested
+        self.reading = reading
         self.sent: list[bytes] = []
+        self.streams: list[Iterator[bytes]] = []
+        self.waiting: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    @property
+    def replaying(self) -> bool:
+        return bool(self.streams)
 
     def send(self, payload: bytes) -> None:
         assert isinstance(payload, bytes)
-        self.sent.append(payload)
+        if self.closed is not None:
+            return
+        if self.streams:
+            self.waiting.append(payload)
+        else:
+            self.sent.append(payload)
+
+    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
+        assert cost > 0
+        self.streams.append(frames)
+        if self.reading:
+            self.read()
+
+    def read(self, count: int | None = None) -> None:
+        """Take C{count} messages of the streams (all when None), then what waited behind."""
+        while self.streams and (count is None or count > 0):
+            payload = next(self.streams[0], None)
+            if payload is None:
+                self.streams.pop(0)
+                continue
+            self.sent.append(payload)
+            if count is not None:
+                count -= 1
+        if not self.streams:
+            self.sent.extend(self.waiting)
+            self.waiting.clear()
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
     @property
     def messages(self) -> list[dict[str, Any]]:

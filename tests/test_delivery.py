@@ -21,34 +21,64 @@ def seqs(peer: FakePeer) -> list[int]:
     return [m["seq"] for m in peer.messages if "seq" in m]
 
 
+#: a dashboard that also wants the hub's own events
+WITH_PRESENCE = {"type": "CLIENT_CONNECT", "hubEvents": ["NODE_PRESENCE"]}
+
+
+def watcher(hub: Hub, **extra: Any) -> FakePeer:
+    return dashboard(hub, {**WITH_PRESENCE, **extra})
+
+
 # -- seq
 
 
 def test_every_broadcast_carries_a_seq_growing_by_one(hub: Hub) -> None:
-    watcher = dashboard(hub)
+    everything = watcher(hub)
+    plain = dashboard(hub)
     a, b = opened(hub, 2)
     for n in range(5):
         send(hub, a, ex.packet_sent("connector-a", n))
         send(hub, b, ex.packet_sent("connector-b", n))
     # two presence events and ten messages
-    assert seqs(watcher) == list(range(1, 13))
+    assert seqs(everything) == list(range(1, 13))
     assert hub.store.last_seq == 12
+    # a dashboard that did not ask for presence sees gaps exactly where it was
+    assert seqs(plain) == [2, *range(4, 13)]
+    assert [m["type"] for m in plain.messages] == ["PACKET_SENT"] * 10
+
+
+def test_unasked_hub_events_reach_no_listener_and_no_plain_dashboard(hub: Hub) -> None:
+    """The original hub's clients count frames: each gets exactly the connectors' messages."""
+    (listener,) = opened(hub)
+    plain = dashboard(hub)
+    enveloped = dashboard(hub, ex.CLIENT_CONNECT_DASHBOARD)
+    connectors = opened(hub, 5)
+    sent = []
+    for n in range(100):
+        for i, connector in enumerate(connectors):
+            message = ex.packet_sent(f"connector-{i}", n)
+            send(hub, connector, message)
+            sent.append(message)
+    hub.connection_closed(connectors[0])
+    for peer in (listener, plain, enveloped):
+        assert len(peer.sent) == 500
+        assert peer.telemetry == sent
 
 
 def test_a_connectors_own_seq_field_is_replaced(hub: Hub) -> None:
-    watcher = dashboard(hub)
+    peer = dashboard(hub)
     (a,) = opened(hub)
     send(hub, a, {**ex.packet_sent(), "seq": 999})
-    assert watcher.messages[-1]["seq"] == 2
+    assert peer.messages[-1]["seq"] == 2
 
 
 def test_refused_messages_take_no_seq(hub: Hub) -> None:
-    watcher = dashboard(hub)
+    peer = watcher(hub)
     (a,) = opened(hub)
     send(hub, a, ex.packet_sent())
     send(hub, a, b"{bad")
     send(hub, a, ex.packet_sent())
-    assert seqs(watcher) == [1, 2, 3]
+    assert seqs(peer) == [1, 2, 3]
 
 
 # -- resume
@@ -158,18 +188,18 @@ def presence(peer: FakePeer) -> list[tuple[str, bool]]:
 
 
 def test_presence_follows_the_last_connection_of_a_node(hub: Hub) -> None:
-    watcher = dashboard(hub)
+    peer = watcher(hub)
     first, second = opened(hub, 2)
     send(hub, first, ex.node_status("connector-a"))
     send(hub, second, ex.packet_sent("connector-a"))  # a second connection of the same node
     hub.connection_closed(first)
-    assert presence(watcher) == [("connector-a", True)]
+    assert presence(peer) == [("connector-a", True)]
     hub.connection_closed(second)
-    assert presence(watcher) == [("connector-a", True), ("connector-a", False)]
+    assert presence(peer) == [("connector-a", True), ("connector-a", False)]
     (back,) = opened(hub)
     send(hub, back, ex.packet_sent("connector-a"))
-    assert presence(watcher)[-1] == ("connector-a", True)
-    event = [m for m in watcher.messages if m["type"] == "NODE_PRESENCE"][-1]
+    assert presence(peer)[-1] == ("connector-a", True)
+    event = [m for m in peer.messages if m["type"] == "NODE_PRESENCE"][-1]
     assert event["timestamp"].endswith("Z")
     assert isinstance(event["seq"], int)
 
@@ -227,15 +257,26 @@ def test_filter_applies_to_resumed_messages(hub: Hub) -> None:
         send(hub, b, ex.packet_sent("connector-b", n))
     peer = resume(hub, hub.store.epoch, 0, filter={"nodeIds": ["connector-b"]})
     status, *missed = peer.messages
-    assert status["missed"] == 4  # connector-b's presence and its three packets
-    assert {m["nodeId"] for m in missed} == {"connector-b"}
+    # what the history holds after seq 0: two presence events and six packets
+    assert status["missed"] == 8
+    # what is for this client: connector-b's three packets (presence was not asked for)
+    assert [(m["type"], m["nodeId"]) for m in missed] == [("PACKET_SENT", "connector-b")] * 3
+    asked = resume(hub, hub.store.epoch, 0, filter={"nodeIds": ["connector-b"]}, **WITH_PRESENCE)
+    assert [m["type"] for m in asked.messages[1:]] == ["NODE_PRESENCE"] + ["PACKET_SENT"] * 3
 
 
 def test_presence_is_a_type_a_filter_can_choose(hub: Hub) -> None:
-    peer = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"types": ["NODE_PRESENCE"]}})
+    peer = watcher(hub, filter={"types": ["NODE_PRESENCE"]})
     (a,) = opened(hub)
     send(hub, a, ex.packet_sent("connector-a"))
     assert [m["type"] for m in peer.messages] == ["NODE_PRESENCE"]
+
+
+def test_naming_presence_in_a_filter_does_not_ask_for_it(hub: Hub) -> None:
+    peer = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"types": ["NODE_PRESENCE"]}})
+    (a,) = opened(hub)
+    send(hub, a, ex.packet_sent("connector-a"))
+    assert peer.messages == []
 
 
 def test_client_connect_again_replaces_the_filter(hub: Hub) -> None:

@@ -16,6 +16,7 @@ from . import examples as ex
 from .wsclient import RunningHub, WsClient, settle
 
 Start = Callable[..., RunningHub]
+PRESENCE = {"hubEvents": ["NODE_PRESENCE"]}
 
 
 class Pump:
@@ -54,7 +55,8 @@ def numbered(messages: list[Any]) -> list[Any]:
 async def test_resume_across_a_reconnect_under_load_loses_and_doubles_nothing(start: Start) -> None:
     hub = start()
     connector = await hub.connect()
-    first = await hub.dashboard({"type": "CLIENT_CONNECT", "resume": {}})
+    # both ask for presence too, so that every seq is theirs and a gap would be a loss
+    first = await hub.dashboard({"type": "CLIENT_CONNECT", "resume": {}, **PRESENCE})
     hello = await first.next()
     assert hello["status"] == "fresh"
     pump = Pump(connector, total=6000)
@@ -66,7 +68,11 @@ async def test_resume_across_a_reconnect_under_load_loses_and_doubles_nothing(st
     await settle(0.05)
     assert 0 < pump.sent < pump.total, "the stream must still be running at the seam"
     second = await hub.dashboard(
-        {"type": "CLIENT_CONNECT", "resume": {"epoch": hello["epoch"], "seq": seen[-1]["seq"]}}
+        {
+            "type": "CLIENT_CONNECT",
+            "resume": {"epoch": hello["epoch"], "seq": seen[-1]["seq"]},
+            **PRESENCE,
+        }
     )
     # Until its CLIENT_CONNECT arrives the new connection is a listener and may hear live
     # messages; the RESUME frame is the seam, and exactly what follows it counts.
@@ -116,7 +122,7 @@ async def test_resume_beyond_the_history_says_so_and_sends_the_snapshot(start: S
 @pytest_twisted.ensureDeferred
 async def test_presence_goes_and_comes_back(start: Start) -> None:
     hub = start()
-    watcher = await hub.dashboard()
+    watcher = await hub.dashboard({"type": "CLIENT_CONNECT", **PRESENCE})
     connector = await hub.connect()
     connector.send(ex.node_status("connector-a"))
     online, status = await watcher.take(2)
@@ -136,7 +142,9 @@ async def test_presence_goes_and_comes_back(start: Start) -> None:
     back.send(ex.packet_sent("connector-a"))
     again = await watcher.next()
     assert (again["type"], again["online"]) == ("NODE_PRESENCE", True)
-    assert (await late.next())["online"] is True
+    # a dashboard that did not ask for presence gets the connector's message and nothing else
+    assert (await late.next())["type"] == "PACKET_SENT"
+    assert [m["type"] for m in late.received] == ["NODE_STATUS", "PACKET_SENT"]
 
 
 @pytest_twisted.ensureDeferred

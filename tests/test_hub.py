@@ -231,8 +231,8 @@ def test_broadcast_is_serialized_once_for_all_recipients(hub: Hub, fanout: Recor
     (connector,) = opened(hub)
     peers = [dashboard(hub) for _ in range(5)]
     send(hub, connector, ex.packet_sent())
-    # the connector's arrival (presence), then its message: one serialization each
-    (_, (payload, recipients)) = fanout.calls
+    # nobody asked for the hub's presence events: the message is the only broadcast
+    ((payload, recipients),) = fanout.calls
     assert recipients == peers
     assert all(p.sent[-1] is payload for p in peers)
 
@@ -335,9 +335,23 @@ def test_huge_node_id_is_refused_and_not_echoed_whole(hub: Hub, logs: Any) -> No
 
 
 def test_huge_string_in_data_is_refused_by_its_schema(hub: Hub) -> None:
-    error = refused(hub, ex.route_lookup(reason="x" * (1 << 20)))
+    error = refused(hub, ex.route_lookup(reason="x" * 60_000))
     assert error["path"] == "$.data.reason"
     assert len(json.dumps(error)) < 1000
+
+
+def test_a_single_message_over_the_limit_closes_with_1009(make_hub: Any, logs: Any) -> None:
+    hub: Hub = make_hub(max_message_bytes=1000, max_batch_bytes=100_000)
+    watcher = dashboard(hub)
+    (connector,) = opened(hub)
+    send(hub, connector, ex.route_lookup(reason="x" * 2000))
+    assert connector.closed is not None
+    assert connector.closed[0] == 1009
+    assert "over the limit of 1000" in connector.closed[1]
+    assert watcher.telemetry == []
+    send(hub, connector, ex.packet_sent())  # whatever still arrives is ignored
+    assert watcher.telemetry == []
+    assert logs.matching("with 1009", "warn")
 
 
 def test_error_frames_can_be_turned_off(make_hub: Any, logs: Any) -> None:

@@ -22,19 +22,22 @@ def test_empty_store() -> None:
     store = MemoryStore(10, 1000, epoch="e1")
     assert store.epoch == "e1"
     assert store.last_seq == 0
-    assert store.after(0) == []
-    assert store.after(1) is None  # ahead of the hub
+    assert store.after(0, 1000) == []
+    assert store.after(1, 1000) is None  # ahead of the hub
 
 
 def test_after_returns_exactly_the_newer_messages() -> None:
     store = MemoryStore(100, 10_000)
     for seq in range(1, 21):
         store.append(message(seq))
-    assert [m.seq for m in store.after(15) or []] == [16, 17, 18, 19, 20]
-    assert store.after(20) == []
-    assert [m.payload for m in store.after(18) or []] == [message(19).payload, message(20).payload]
-    assert store.after(21) is None
-    assert store.after(-1) is None
+    assert [m.seq for m in store.after(15, 1000) or []] == [16, 17, 18, 19, 20]
+    assert store.after(20, 1000) == []
+    assert [m.payload for m in store.after(18, 1000) or []] == [
+        message(19).payload,
+        message(20).payload,
+    ]
+    assert store.after(21, 1000) is None
+    assert store.after(-1, 1000) is None
 
 
 def test_bounded_by_count() -> None:
@@ -43,8 +46,8 @@ def test_bounded_by_count() -> None:
         store.append(message(seq))
     assert len(store) == 5
     assert store.first_seq == 6
-    assert store.after(5) is not None
-    assert store.after(4) is None  # seq 5 is gone
+    assert store.after(5, 1000) is not None
+    assert store.after(4, 1000) is None  # seq 5 is gone
 
 
 def test_bounded_by_bytes_across_wraparound() -> None:
@@ -53,7 +56,7 @@ def test_bounded_by_bytes_across_wraparound() -> None:
         store.append(message(seq, size=30))
         assert store.size_bytes <= 100
     assert len(store) == 3
-    assert [m.payload for m in store.after(46) or []] == [
+    assert [m.payload for m in store.after(46, 1000) or []] == [
         message(s, 30).payload for s in (47, 48, 49)
     ]
 
@@ -63,10 +66,10 @@ def test_a_message_larger_than_the_history_empties_it() -> None:
     store.append(message(1))
     store.append(message(2, size=101))
     assert len(store) == 0
-    assert store.after(1) is None
-    assert store.after(2) == []
+    assert store.after(1, 1000) is None
+    assert store.after(2, 1000) == []
     store.append(message(3))
-    assert [m.seq for m in store.after(2) or []] == [3]
+    assert [m.seq for m in store.after(2, 1000) or []] == [3]
 
 
 def test_seq_must_follow() -> None:
@@ -93,7 +96,7 @@ def test_matches_a_simple_model_under_random_sizes() -> None:
             kept.append(old)
             total += len(old.payload)
         held = held[-len(kept) :] if kept else []
-        got = store.after(store.first_seq - 1) or []
+        got = store.after(store.first_seq - 1, 1000) or []
         # the ring may drop a little more than the model (the gap left at its end)
         assert len(got) <= len(kept)
         assert got == held[len(held) - len(got) :]

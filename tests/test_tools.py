@@ -150,9 +150,10 @@ def test_tail_asks_the_hub_to_filter() -> None:
     args = parse(["--type", "PACKET_SENT", "--type", "LOG", "--node", "connector-a"])
     assert hello(args) == {
         "type": "CLIENT_CONNECT",
+        "hubEvents": ["NODE_PRESENCE"],
         "filter": {"types": ["PACKET_SENT", "LOG"], "nodeIds": ["connector-a"]},
     }
-    assert hello(parse([])) == {"type": "CLIENT_CONNECT"}
+    assert hello(parse([])) == {"type": "CLIENT_CONNECT", "hubEvents": ["NODE_PRESENCE"]}
 
 
 # -- against a real hub

@@ -267,7 +267,7 @@ def test_sighup_reloads_the_schema_folder_and_keeps_the_old_one_if_broken(
     hubs.append(hub)
     port = hub.wait_listening()
     url = f"ws://127.0.0.1:{port}/"
-    agent_event = {"type": "AGENT_BALANCE_CHANGED", "agentId": "agent-001", "newBalance": "2000"}
+    agent_event = {"type": "OPERATOR_AUDIT", "agentId": "agent-001", "newBalance": "2000"}
 
     async def reply_to(message: dict[str, Any]) -> Any:
         async with websockets.connect(url) as sender:
@@ -278,18 +278,18 @@ def test_sighup_reloads_the_schema_folder_and_keeps_the_old_one_if_broken(
                 return None  # accepted: a connector is sent nothing
 
     assert asyncio.run(reply_to(agent_event))["reason"] == "UNKNOWN_TYPE"
-    (folder / "AGENT_BALANCE_CHANGED.json").write_text(
+    (folder / "OPERATOR_AUDIT.json").write_text(
         json.dumps(
             {
                 "type": "object",
                 "required": ["type", "agentId"],
-                "properties": {"type": {"const": "AGENT_BALANCE_CHANGED"}},
+                "properties": {"type": {"const": "OPERATOR_AUDIT"}},
             }
         )
     )
     hub.signal(signal.SIGHUP)
     reloaded = hub.wait_for(lambda r: "Reloaded" in r.get("message", ""))
-    assert reloaded["added"] == ["AGENT_BALANCE_CHANGED"]
+    assert reloaded["added"] == ["OPERATOR_AUDIT"]
     assert asyncio.run(reply_to(agent_event)) is None
 
     (folder / "LOG.json").write_text("{broken")

@@ -180,7 +180,7 @@ async def test_oversize_message_closes_with_1009_and_others_carry_on(start: Star
 
 @pytest_twisted.ensureDeferred
 async def test_message_size_limit_is_configurable(start: Start) -> None:
-    hub = start("--max-message-bytes", "2000000")
+    hub = start("--max-message-bytes", "2000000", "--max-queued-bytes", "4000000")
     dashboard = await hub.dashboard()
     sender = await hub.connect()
     # a 1 MiB string: within the raised limit, then refused by its schema's maxLength

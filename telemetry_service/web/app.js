@@ -305,8 +305,9 @@ async function connect() {
     state.connected = true;
     setHubState("connected", "connected");
     const resume = state.epoch ? { epoch: state.epoch, seq: state.seq ?? 0 } : {};
+    // presence (online/offline) is a hub event: sent only to clients that ask for it
     socket.send(JSON.stringify({ type: "CLIENT_CONNECT", nodeId: "network-page",
-      timestamp: new Date().toISOString(), data: {}, resume }));
+      timestamp: new Date().toISOString(), data: {}, resume, hubEvents: ["NODE_PRESENCE"] }));
   };
   socket.onmessage = (event) => {
     try { handle(JSON.parse(event.data)); } catch (error) { console.warn("bad message", error); }
