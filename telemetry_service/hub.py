@@ -10,8 +10,9 @@ argument, so it is tested with plain synchronous tests.
 from __future__ import annotations
 
 import enum
-import heapq
-from collections.abc import Callable, Iterable, Iterator
+import functools
+from collections import deque
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from telemetry_service.errors import (
     shorten,
 )
 from telemetry_service.ratelimit import TokenBucket
+from telemetry_service.replay import ReplayCache
 from telemetry_service.schemas import SchemaCatalog
 from telemetry_service.store import MemoryStore, MessageStore, StoredMessage
 
@@ -54,11 +56,12 @@ HUB_EVENTS = frozenset({NODE_PRESENCE})
 #: replay cache.
 PLACEHOLDER_NODE_ID = "unknown"
 
-#: messages read from the store at a time while a resume is sent
-_RESUME_CHUNK = 256
-#: what a snapshot's list of node ids costs a client's budget, per node and in all
-_SNAPSHOT_COST_PER_NODE = 8
+#: messages read from the store at a time while a resume is sent: few, since each may be
+#: up to --max-message-bytes and what a stream holds counts against its client's budget
+_RESUME_CHUNK = 8
+#: what a stream's own bookkeeping costs a client's budget, and a snapshot's per node
 _STREAM_COST = 256
+_SNAPSHOT_COST_PER_NODE = 8
 
 
 class Peer(Protocol):
@@ -86,17 +89,36 @@ class Peer(Protocol):
         Send one UTF-8 JSON text message to the peer.
         """
 
-    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
+    def send_stream(self, stream: Stream) -> None:
         """
-        Send the messages C{frames} yields, after everything sent so far and before
-        anything sent later, pulling them only as fast as the peer reads. C{cost} is what
-        the iterator itself holds, in bytes, counted against the peer's budget until it is
-        exhausted. If the iterator raises, the peer is closed (4008).
+        Send the messages of C{stream}, after everything sent so far and before anything
+        sent later, pulling them only as fast as the peer reads. What the stream holds
+        (C{held_bytes}) counts against the peer's budget until it ends. If it raises, the
+        peer is closed.
         """
 
     def close(self, code: int, reason: str) -> None:
         """
         Start the closing handshake with C{code}; nothing more is sent after it.
+        """
+
+
+class Stream(Protocol):
+    """
+    Messages for one peer (a snapshot, a resume), made as the peer reads them.
+    """
+
+    @property
+    def held_bytes(self) -> int:
+        """
+        What the stream holds in memory now, in bytes.
+        """
+
+    def next_payload(self) -> bytes | None:
+        """
+        The next message, or None at the end.
+
+        @raise HistoryLostError: the history no longer holds what is still to be sent.
         """
 
 
@@ -180,26 +202,6 @@ class Connection:
     rate_strikes: int = 0
 
 
-@dataclass(eq=False, slots=True)
-class NodeRecord:
-    """
-    The latest NODE_STATUS of one node, as it was broadcast (with its C{seq}).
-    """
-
-    payload: bytes
-    seq: int
-    #: when it last changed, in the order of all status changes (eviction: oldest first)
-    version: int
-
-    def replay_payload(self, online: bool) -> bytes:
-        """
-        The status with a top-level C{online} flag added at the end.
-        """
-        if b'"online"' in self.payload:  # the connector sent a field of that name: replace it
-            return encode({**decode(self.payload, 10_000), "online": online})
-        return self.payload[:-1] + (b',"online":true}' if online else b',"online":false}')
-
-
 @dataclass
 class HubStats:
     accepted: int = 0
@@ -246,13 +248,10 @@ class Hub:
         self._hub_event_subscribers: dict[Peer, Connection] = {}
         # nodeId -> its live connector connections (normally one)
         self._connectors: dict[str, dict[Peer, None]] = {}
-        # nodeId -> latest NODE_STATUS; insertion order is first-report order
-        self._node_status: dict[str, NodeRecord] = {}
-        self._replay_bytes = 0
-        self._status_version = 0
-        # (version, nodeId) of nodes that went offline: the eviction order. Entries go stale
-        # when the node comes back, changes or leaves; they are skipped when popped.
-        self._offline: list[tuple[int, str]] = []
+        # nodeId -> latest NODE_STATUS, in first-report order
+        self._node_status = ReplayCache(
+            settings.max_nodes, settings.max_replay_bytes, self._connectors.__contains__
+        )
         self.stats = HubStats()
 
     def add_observer(self, observer: Observer) -> None:
@@ -373,7 +372,7 @@ class Hub:
 
     @property
     def replay_bytes(self) -> int:
-        return self._replay_bytes
+        return self._node_status.size_bytes
 
     def live_connectors(self, node_id: str) -> int:
         return len(self._connectors.get(node_id, ()))
@@ -483,20 +482,8 @@ class Hub:
         ]
         if node_ids:
             connection.peer.send_stream(
-                self._snapshot_frames(node_ids, self.store.last_seq),
-                _STREAM_COST + _SNAPSHOT_COST_PER_NODE * len(node_ids),
+                _SnapshotStream(self._node_status, self._connectors, node_ids, self.store.last_seq)
             )
-
-    def _snapshot_frames(self, node_ids: list[str], as_of: int) -> Iterator[bytes]:
-        """
-        Each node's status as of seq C{as_of}. A node whose status changed since comes
-        later anyway, in the live stream behind the snapshot, so it is skipped here, as is a
-        node evicted meanwhile.
-        """
-        for node_id in node_ids:
-            record = self._node_status.get(node_id)
-            if record is not None and record.seq <= as_of:
-                yield record.replay_payload(node_id in self._connectors)
 
     def _resume(self, connection: Connection, request: dict[str, Any]) -> None:
         """
@@ -529,29 +516,8 @@ class Hub:
         if status["status"] != "resumed":
             self._send_snapshot(connection)
         elif isinstance(seq, int) and seq < last:
-            peer.send_stream(self._missed_frames(connection, store.epoch, seq, last), _STREAM_COST)
-
-    def _missed_frames(
-        self, connection: Connection, epoch: str, after: int, last: int
-    ) -> Iterator[bytes]:
-        """
-        The messages after seq C{after} up to C{last} that the client wants, read from the
-        store a chunk at a time.
-        """
-        store = self.store
-        seq = after
-        while seq < last:
-            chunk = store.after(seq, _RESUME_CHUNK) if store.epoch == epoch else None
-            if chunk is None:
-                raise HistoryLostError(f"the history no longer holds seq {seq + 1}")
-            if not chunk:
-                return
-            for stored in chunk:
-                if stored.seq > last:
-                    return
-                seq = stored.seq
-                if self._wants(connection, stored.type, stored.node_id):
-                    yield stored.payload
+            wants = functools.partial(self._wants, connection)
+            peer.send_stream(_ResumeStream(store, wants, seq, last))
 
     def _telemetry(
         self, connection: Connection, message_type: str, message: dict[str, Any]
@@ -673,31 +639,14 @@ class Hub:
     # -- the replay cache
 
     def _went_offline(self, node_id: str) -> None:
-        record = self._node_status.get(node_id)
-        if record is not None:
-            heapq.heappush(self._offline, (record.version, node_id))
-            if len(self._offline) > 2 * len(self._node_status) + 64:
-                self._rebuild_offline()
+        self._node_status.went_offline(node_id)
         self._publish_presence(node_id, online=False)
-
-    def _rebuild_offline(self) -> None:
-        self._offline = [
-            (record.version, node_id)
-            for node_id, record in self._node_status.items()
-            if node_id not in self._connectors
-        ]
-        heapq.heapify(self._offline)
 
     def _remember_node_status(
         self, connection: Connection, node_id: str, payload: bytes, seq: int
     ) -> None:
-        # The node is live (its connector just sent this), so making room never evicts it.
-        cache = self._node_status
-        self._status_version += 1
-        record = cache.get(node_id)
-        if record is not None:
-            self._replay_bytes -= len(record.payload)
-        if not self._make_room(len(payload), len(cache) + (record is None)):
+        evicted = self._node_status.remember(node_id, payload, seq)
+        if evicted is None:
             self._warn(
                 connection,
                 "Node status cache is full ({max} nodes, {bytes} bytes, the rest online): "
@@ -706,47 +655,13 @@ class Hub:
                 bytes=self._settings.max_replay_bytes,
                 nodeId=node_id,
             )
-            if record is not None:  # its old status is out of date: forget it
-                del cache[node_id]
             return
-        self._replay_bytes += len(payload)
-        if record is None:
-            cache[node_id] = NodeRecord(payload, seq, self._status_version)
-        else:  # in place: the node keeps its first-report position
-            record.payload, record.seq, record.version = payload, seq, self._status_version
-
-    def _make_room(self, size: int, count: int) -> bool:
-        """
-        Evict offline nodes, oldest status first, until C{count} nodes and C{size} more bytes
-        fit; False if only live nodes are left to evict.
-        """
-        s = self._settings
-        cache = self._node_status
-        while count > s.max_nodes or self._replay_bytes + size > s.max_replay_bytes:
-            victim = self._pop_offline()
-            if victim is None:
-                return False
-            record = cache.pop(victim)
-            self._replay_bytes -= len(record.payload)
-            count -= 1
+        for victim in evicted:
             self._log.info(
-                "Node status cache full: forgot offline node {victim} to make room",
+                "Node status cache full: forgot offline node {victim} to make room for {nodeId}",
                 victim=victim,
+                nodeId=node_id,
             )
-        return True
-
-    def _pop_offline(self) -> str | None:
-        """
-        The offline node whose status is oldest; live nodes are never evicted, so inventing
-        nodeIds cannot push real nodes out.
-        """
-        heap = self._offline
-        while heap:
-            version, node_id = heapq.heappop(heap)
-            record = self._node_status.get(node_id)
-            if record is not None and record.version == version and node_id not in self._connectors:
-                return node_id
-        return None
 
     # -- refusals and closes
 
@@ -839,3 +754,85 @@ class Hub:
                 peer=connection.peer.address,
                 nodeId=connection.node_id,
             )
+
+
+class _SnapshotStream:
+    """
+    Each node's status as of seq C{as_of}, in first-report order. A node whose status
+    changed since comes later anyway, in the live stream behind the snapshot, so it is
+    skipped here, as is a node evicted meanwhile.
+    """
+
+    def __init__(
+        self,
+        cache: ReplayCache,
+        online: Container[str],
+        node_ids: list[str],
+        as_of: int,
+    ) -> None:
+        self._cache = cache
+        self._online = online
+        self._node_ids = node_ids
+        self._index = 0
+        self._as_of = as_of
+        self.held_bytes = _STREAM_COST + _SNAPSHOT_COST_PER_NODE * len(node_ids)
+
+    def next_payload(self) -> bytes | None:
+        node_ids = self._node_ids
+        while self._index < len(node_ids):
+            node_id = node_ids[self._index]
+            self._index += 1
+            record = self._cache.get(node_id)
+            if record is not None and record.seq <= self._as_of:
+                return record.replay_payload(node_id in self._online)
+        return None
+
+
+class _ResumeStream:
+    """
+    The messages after seq C{after} up to C{last} that the client wants, read from the
+    store a few at a time.
+    """
+
+    def __init__(
+        self,
+        store: MessageStore,
+        wants: Callable[[str, str | None], bool],
+        after: int,
+        last: int,
+    ) -> None:
+        self._store = store
+        self._wants = wants
+        self._epoch = store.epoch
+        self._seq = after
+        self._last = last
+        self._chunk: deque[StoredMessage] = deque()
+        self.held_bytes = _STREAM_COST
+
+    def next_payload(self) -> bytes | None:
+        chunk = self._chunk
+        while True:
+            if not chunk and not self._fill():
+                return None
+            stored = chunk.popleft()
+            self.held_bytes -= len(stored.payload)
+            if stored.seq > self._last:
+                chunk.clear()
+                self.held_bytes = _STREAM_COST
+                return None
+            if self._wants(stored.type, stored.node_id):
+                return stored.payload
+
+    def _fill(self) -> bool:
+        if self._seq >= self._last:
+            return False
+        store = self._store
+        messages = store.after(self._seq, _RESUME_CHUNK) if store.epoch == self._epoch else None
+        if messages is None:
+            raise HistoryLostError(f"the history no longer holds seq {self._seq + 1}")
+        if not messages:
+            return False
+        self._chunk.extend(messages)
+        self._seq = messages[-1].seq
+        self.held_bytes += sum(len(m.payload) for m in messages)
+        return True

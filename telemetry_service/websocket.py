@@ -14,7 +14,7 @@ objects). Everything outgoing goes through a bounded per-connection queue
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from telemetry_service.config import Settings
 from telemetry_service.errors import GOING_AWAY, INVALID_PAYLOAD, TOO_SLOW, ConfigurationError
-from telemetry_service.hub import Hub, Peer
+from telemetry_service.hub import Hub, Peer, Stream
 from telemetry_service.ratelimit import TokenBucket
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -60,16 +60,17 @@ def _unmask(data: bytes, start: int, end: int, mask: bytes) -> bytes:
     return value.to_bytes(length, "little")
 
 
-class _Stream:
+class _QueuedStream:
     """
-    A queued stream of messages (a snapshot, a resume), pulled only as the peer reads.
+    A stream of messages (a snapshot, a resume) in a peer's queue, with what of it has
+    been counted against the peer's budget.
     """
 
-    __slots__ = ("cost", "frames")
+    __slots__ = ("counted", "stream")
 
-    def __init__(self, frames: Iterator[bytes], cost: int) -> None:
-        self.frames = frames
-        self.cost = cost
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.counted = stream.held_bytes
 
 
 class OutboundBudget:
@@ -162,7 +163,7 @@ class WebSocketPeer:
         self._pending: list[bytes] | None = None
         self._pending_bytes = 0
         # made when first needed: an empty deque costs ~600 bytes per idle connection
-        self._queue: deque[bytes | _Stream] | None = None
+        self._queue: deque[bytes | _QueuedStream] | None = None
         self._queued_bytes = 0
         self._streams = 0
         self._failed = False
@@ -207,11 +208,12 @@ class WebSocketPeer:
         else:
             self._transport.write(frame)
 
-    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
+    def send_stream(self, stream: Stream) -> None:
         if self._protocol.state != _OPEN:
             return
         self._streams += 1
-        self._enqueue(_Stream(frames, cost), cost)
+        queued = _QueuedStream(stream)
+        self._enqueue(queued, queued.counted)
         if not self._protocol.write_paused:
             self.flush()
 
@@ -219,7 +221,7 @@ class WebSocketPeer:
         self.drop_queue()
         self._protocol.close_with(code, reason)
 
-    def _enqueue(self, item: bytes | _Stream, size: int) -> None:
+    def _enqueue(self, item: bytes | _QueuedStream, size: int) -> None:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
@@ -281,16 +283,34 @@ class WebSocketPeer:
                 transport.write(item)
                 continue
             try:
-                payload = next(item.frames, None)
+                payload = item.stream.next_payload()
             except Exception:
                 self.failed(Failure(), "while its snapshot or resume was being sent")
                 return
             if payload is None:
                 queue.popleft()
                 self._streams -= 1
-                self._release(item.cost)
-            else:
-                transport.write(text_frame(payload))
+                self._release(item.counted)
+                continue
+            if not self._recount(item):
+                return
+            transport.write(text_frame(payload))
+
+    def _recount(self, item: _QueuedStream) -> bool:
+        """
+        Count what a stream holds now; False if that put the peer over its budget.
+        """
+        held = item.stream.held_bytes
+        change, item.counted = held - item.counted, held
+        if change < 0:
+            self._release(-change)
+        elif change > 0:
+            self._queued_bytes += change
+            self._budget.add(self, change)
+            if self._pending_bytes + self._queued_bytes > self.limit:
+                self._over_limit()
+        # closing the peer drops its queue: nothing more may be written
+        return self._queue is not None
 
     def _release(self, size: int) -> None:
         self._queued_bytes -= size

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 _ports = itertools.count(40000)
@@ -28,7 +28,7 @@ class FakePeer:
         self.congested = congested
         self.reading = reading
         self.sent: list[bytes] = []
-        self.streams: list[Iterator[bytes]] = []
+        self.streams: list[Any] = []
         self.waiting: list[bytes] = []
         self.closed: tuple[int, str] | None = None
 
@@ -45,16 +45,16 @@ class FakePeer:
         else:
             self.sent.append(payload)
 
-    def send_stream(self, frames: Iterator[bytes], cost: int) -> None:
-        assert cost > 0
-        self.streams.append(frames)
+    def send_stream(self, stream: Any) -> None:
+        assert stream.held_bytes > 0
+        self.streams.append(stream)
         if self.reading:
             self.read()
 
     def read(self, count: int | None = None) -> None:
         """Take C{count} messages of the streams (all when None), then what waited behind."""
         while self.streams and (count is None or count > 0):
-            payload = next(self.streams[0], None)
+            payload = self.streams[0].next_payload()
             if payload is None:
                 self.streams.pop(0)
                 continue

@@ -461,3 +461,227 @@ def test_frames_of_this_pass_go_before_those_queued_by_backpressure(tcp_like: No
     peer.flush()  # and the transport drains before the pass ends
     clock.advance(0)
     assert (transport.on_wire, transport._tempDataBuffer) == (b"first", [b"second"])
+
+
+# -- every byte held for a connection counts: streams, this pass's frames, the global budget
+
+
+class RecordingProtocol:
+    """The parts of the protocol a WebSocketPeer calls, recording how it was closed."""
+
+    state = 3  # WebSocketProtocol.STATE_OPEN
+    write_paused = False
+    peer = "tcp4:127.0.0.1:1"
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.closed: list[Any] = []
+
+    def too_slow(self, limit: int, why: str | None = None) -> None:
+        self.closed.append(("4008", why))
+        self.state = 2
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+        self.state = 2
+
+    def send_failed(self, failure: Failure, doing: str) -> None:
+        self.closed.append(("failed", failure.getErrorMessage()))
+        self.state = 2
+
+
+def budget_peers(count: int, limit: int = 1 << 20, total: int = 1 << 30) -> tuple[list[Any], Any]:
+    from telemetry_service.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+
+    clock = Clock()
+    batcher = WriteBatcher(clock)
+    budget = OutboundBudget(total)
+    peers = [
+        WebSocketPeer(RecordingProtocol(FakeTCP()), limit, batcher, budget)  # type: ignore[arg-type]
+        for _ in range(count)
+    ]
+    return peers, (clock, budget)
+
+
+def test_frames_of_one_pass_count_against_the_connection_budget(tcp_like: None) -> None:
+    (peer,), (clock, _) = budget_peers(1, limit=1000)
+    for _ in range(9):
+        peer.send_frame(b"x" * 100)
+    assert peer.queued_bytes == 900 and peer._protocol.closed == []
+    peer.send_frame(b"x" * 101)  # nothing was written yet: 1,001 bytes held
+    assert peer._protocol.closed[0][0] == "4008"
+    assert peer.queued_bytes == 0
+    clock.advance(0)
+    assert peer._transport.on_wire == b""
+
+
+class ListStream:
+    """A stream over generated payloads; it holds nothing but its own bookkeeping."""
+
+    def __init__(self, frames: Iterator[bytes], held: int = 64) -> None:
+        self._frames = frames
+        self.held_bytes = held
+
+    def next_payload(self) -> bytes | None:
+        return next(self._frames, None)
+
+
+def test_a_stream_is_pulled_only_as_the_peer_reads_and_goes_before_later_frames(
+    tcp_like: None,
+) -> None:
+    (peer,), _ = budget_peers(1)
+    pulled: list[int] = []
+
+    def frames() -> Iterator[bytes]:
+        for n in range(100):
+            pulled.append(n)
+            yield f'{{"n":{n}}}'.encode()
+
+    peer._protocol.write_paused = True
+    peer.send(b"before")
+    peer.send_stream(ListStream(frames()))
+    peer.send(b"after")
+    assert pulled == [] and peer.replaying
+    peer._protocol.write_paused = False
+    peer.flush()
+    assert not peer.replaying and peer.queued_bytes == 0
+    sent = [p for _, p in server_frames(b"".join(peer._transport._tempDataBuffer))]
+    assert sent == [b"before", *(f'{{"n":{n}}}'.encode() for n in range(100)), b"after"]
+
+
+def test_a_paused_stream_holds_only_what_it_has_pulled(tcp_like: None) -> None:
+    (peer,), _ = budget_peers(1)
+    pulled: list[int] = []
+
+    class Transport(FakeTCP):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            peer._protocol.write_paused = len(self._tempDataBuffer) >= 3  # the buffer fills
+
+    peer._transport = Transport()
+
+    def frames() -> Iterator[bytes]:
+        for n in range(1000):
+            pulled.append(n)
+            yield b"{}"
+
+    peer.send_stream(ListStream(frames()))
+    assert len(pulled) == 3  # three written, then the transport said stop
+    assert peer.replaying
+
+
+def test_a_stream_that_fails_closes_that_peer_only(tcp_like: None) -> None:
+    peers, _ = budget_peers(2)
+
+    def broken() -> Iterator[bytes]:
+        yield b"{}"
+        raise RuntimeError("history lost")
+
+    peers[0].send_stream(ListStream(broken()))
+    assert peers[0]._protocol.closed == [("failed", "history lost")]
+    assert peers[0].queued_bytes == 0
+    peers[1].send_frame(b"still here")
+    assert peers[1]._protocol.closed == []
+
+
+def test_what_a_stream_holds_counts_against_the_budget_as_it_changes(tcp_like: None) -> None:
+    (peer,), (_, budget) = budget_peers(1, limit=5000)
+
+    class Growing(ListStream):
+        def next_payload(self) -> bytes | None:
+            self.held_bytes += 1000  # e.g. a chunk read from the history
+            return b"{}"
+
+    peer._protocol.write_paused = True
+    peer.send_stream(Growing(iter(())))
+    assert peer.queued_bytes == 64 and budget.total == 64
+    peer._protocol.write_paused = False
+    peer._transport = type(
+        "Slow", (FakeTCP,), {"write": lambda self, data: None}
+    )()  # takes everything and never pauses: the stream grows until the budget says stop
+    peer.flush()
+    assert peer._protocol.closed[0][0] == "4008"
+    assert peer.queued_bytes == 0 and budget.total == 0
+
+
+def test_the_global_budget_cuts_the_biggest_queues_first(tcp_like: None) -> None:
+    peers, (_, budget) = budget_peers(3, limit=10_000, total=5_000)
+    for peer in peers:
+        peer._protocol.write_paused = True
+    peers[0].send_frame(b"a" * 1000)
+    peers[1].send_frame(b"b" * 3000)
+    peers[2].send_frame(b"c" * 500)
+    assert budget.total == 4500 and all(p._protocol.closed == [] for p in peers)
+    peers[2].send_frame(b"c" * 1000)  # 5,500 in all: the biggest queue (3,000) goes
+    assert peers[1]._protocol.closed[0][0] == "4008"
+    assert peers[0]._protocol.closed == [] and peers[2]._protocol.closed == []
+    assert budget.total == 2500
+    # what drains is given back
+    peers[0]._protocol.write_paused = False
+    peers[0].flush()
+    assert budget.total == 1500
+
+
+def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
+    tcp_like: None, monkeypatch: Any
+) -> None:
+    from telemetry_service.websocket import WebSocketPeer
+
+    peers, (clock, _) = budget_peers(3)
+    write_pending = WebSocketPeer.write_pending
+
+    def broken_for_the_first(self: WebSocketPeer) -> None:
+        if self is peers[0]:
+            raise MemoryError()
+        write_pending(self)
+
+    monkeypatch.setattr(WebSocketPeer, "write_pending", broken_for_the_first)
+    for peer in peers:
+        peer.send_frame(b"frame-1")
+    clock.advance(0)
+    assert peers[0]._protocol.closed[0][0] == "failed"
+    for peer in peers[1:]:
+        assert peer._transport.on_wire == b"frame-1"
+        peer.send_frame(b"frame-2")  # and they are marked again, next pass
+    clock.advance(0)
+    assert [p._transport.on_wire for p in peers[1:]] == [b"frame-1frame-2"] * 2
+
+
+def test_a_failure_in_the_fanout_closes_that_peer_and_no_other(
+    tcp_like: None, monkeypatch: Any
+) -> None:
+    from telemetry_service.websocket import WebSocketPeer
+
+    peers, (clock, _) = budget_peers(3)
+    send_frame = WebSocketPeer.send_frame
+
+    def broken_for_the_second(self: WebSocketPeer, frame: bytes) -> None:
+        if self is peers[1]:
+            raise MemoryError()
+        send_frame(self, frame)
+
+    monkeypatch.setattr(WebSocketPeer, "send_frame", broken_for_the_second)
+    prepared_fanout(peers, b'{"n":1}')
+    clock.advance(0)
+    assert peers[1]._protocol.closed[0][0] == "failed"
+    assert [p._transport.on_wire for p in (peers[0], peers[2])] == [b'\x81\x07{"n":1}'] * 2
+
+
+def test_connections_over_the_per_address_limit_are_refused_at_the_handshake(
+    catalog: SchemaCatalog,
+) -> None:
+    hub, factory = fresh(catalog, max_connections_per_address=2)
+    first, second, third = (Connected(factory) for _ in range(3))
+    try:
+        assert first.handshake.startswith(b"HTTP/1.1 101 ")
+        assert second.handshake.startswith(b"HTTP/1.1 101 ")
+        assert third.handshake.startswith(b"HTTP/1.1 429 ")
+        assert hub.counts()["listener"] == 2
+        assert factory.refused["per_address"] == 1
+        second.lose()
+        third.lose()  # refused, but counted until its TCP connection is gone
+        fourth = Connected(factory)
+        assert fourth.handshake.startswith(b"HTTP/1.1 101 ")
+        fourth.lose()
+    finally:
+        first.lose()
