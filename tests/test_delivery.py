@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from telemetry_service.hub import Hub
+from telemetry_service.hub import HistoryLostError, Hub
 from telemetry_service.schemas import SchemaCatalog
 
 from . import examples as ex
@@ -130,6 +130,22 @@ def test_resume_from_another_epoch_is_not_recovered_and_gets_the_snapshot(hub: H
     assert snapshot == {**ex.node_status("connector-a"), "seq": 2, "online": True}
 
 
+def test_resume_with_a_foreign_epoch_is_not_recovered_even_when_its_seq_is_held(hub: Hub) -> None:
+    """A seq means something only with its epoch: another hub's seq 3 is not this hub's."""
+    (a,) = opened(hub)
+    send(hub, a, ex.node_status("connector-a"))
+    for n in range(10):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    assert hub.store.after(3, 1)  # this hub's history does hold everything after seq 3
+    peer = resume(hub, "another-hubs-epoch", 3)
+    status, *rest = peer.messages
+    assert status["status"] == "not_recovered"
+    assert "missed" not in status
+    # the snapshot, not the messages after this hub's seq 3
+    assert [m["type"] for m in rest] == ["NODE_STATUS"]
+    assert rest[0]["online"] is True
+
+
 def test_resume_past_the_history_is_not_recovered(make_hub: Any) -> None:
     hub: Hub = make_hub(history_messages=5)
     (a,) = opened(hub)
@@ -141,6 +157,42 @@ def test_resume_past_the_history_is_not_recovered(make_hub: Any) -> None:
     assert status["status"] == "not_recovered"
     assert "no longer holds every message after seq 3" in status["reason"]
     assert snapshot["type"] == "NODE_STATUS"
+
+
+def test_a_resume_is_sent_as_the_dashboard_reads_and_live_messages_wait_behind_it(
+    hub: Hub,
+) -> None:
+    (a,) = opened(hub)
+    for n in range(100):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    peer = FakePeer(reading=False)
+    hub.connection_opened(peer)
+    send(hub, peer, {"type": "CLIENT_CONNECT", "resume": {"epoch": hub.store.epoch, "seq": 1}})
+    assert [m["type"] for m in peer.messages] == ["RESUME"] and peer.replaying
+    send(hub, a, ex.packet_sent("connector-a", 100))  # live, while the resume is unread
+    peer.read(10)
+    assert len(peer.messages) == 11
+    peer.read()
+    packets = [m["data"]["packetId"] for m in peer.messages[1:]]
+    assert packets == [ex.packet_id(n) for n in range(101)]
+    assert [m["seq"] for m in peer.messages[1:]] == list(range(2, 103))
+
+
+def test_a_resume_whose_history_is_overwritten_while_unread_fails_that_dashboard(
+    make_hub: Any,
+) -> None:
+    hub: Hub = make_hub(history_messages=50)
+    (a,) = opened(hub)
+    for n in range(40):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    peer = FakePeer(reading=False)
+    hub.connection_opened(peer)
+    send(hub, peer, {"type": "CLIENT_CONNECT", "resume": {"epoch": hub.store.epoch, "seq": 1}})
+    peer.read(5)
+    for n in range(40, 100):  # the history moves on past what the dashboard has read
+        send(hub, a, ex.packet_sent("connector-a", n))
+    with pytest.raises(HistoryLostError):
+        peer.read()  # the real peer closes the connection (4008) when its stream raises
 
 
 def test_resume_ahead_of_the_hub_is_not_recovered(hub: Hub) -> None:
@@ -341,3 +393,137 @@ def test_connectors_cannot_forge_hub_events(hub: Hub) -> None:
     send(hub, a, {"type": "NODE_PRESENCE", "nodeId": "x", "online": False})
     send(hub, a, encode({"type": "RESUME", "status": "resumed"}))
     assert [e["reason"] for e in a.messages] == ["UNKNOWN_TYPE", "UNKNOWN_TYPE"]
+
+
+# -- what a snapshot or resume costs
+
+
+def test_client_connect_again_before_the_last_answer_was_read_is_refused(hub: Hub) -> None:
+    connectors = opened(hub, 3)
+    for i, connector in enumerate(connectors):
+        send(hub, connector, ex.node_status(f"connector-{i}"))
+    peer = FakePeer(reading=False)
+    hub.connection_opened(peer)
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    send(hub, peer, {**ex.CLIENT_CONNECT_BARE, "filter": {"nodeIds": ["connector-0"]}})
+    peer.read()
+    *replay, refusal = peer.messages
+    assert [m["nodeId"] for m in replay] == ["connector-0", "connector-1", "connector-2"]
+    assert refusal["reason"] == "REPLAY_BUSY"
+    # the refused request changed nothing: no filter was set
+    send(hub, connectors[2], ex.packet_sent("connector-2"))
+    assert peer.messages[-1]["type"] == "PACKET_SENT"
+    # once the answer is read, the client may ask again
+    send(hub, peer, {**ex.CLIENT_CONNECT_BARE, "filter": {"nodeIds": ["connector-0"]}})
+    peer.read()
+    assert peer.messages[-1]["nodeId"] == "connector-0"
+
+
+def test_client_connect_too_often_is_refused_until_time_passes(make_hub: Any, clock: Any) -> None:
+    hub: Hub = make_hub(replays_burst=3, replays_per_second=0.5)
+    peer = dashboard(hub)  # the first of three
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    assert peer.messages == []
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    assert peer.messages[-1]["reason"] == "RATE_LIMITED"
+    clock.advance(2)
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    assert len(peer.messages) == 1
+
+
+def test_a_second_client_connect_without_hub_events_stops_them(hub: Hub) -> None:
+    peer = watcher(hub)
+    (a,) = opened(hub)
+    send(hub, a, ex.packet_sent("connector-a"))
+    send(hub, peer, ex.CLIENT_CONNECT_BARE)
+    hub.connection_closed(a)
+    assert [m["type"] for m in peer.messages] == ["NODE_PRESENCE", "PACKET_SENT"]
+
+
+# -- the message rate
+
+
+def test_over_the_message_rate_is_refused_then_closed_with_1008(make_hub: Any, clock: Any) -> None:
+    hub: Hub = make_hub(messages_per_second=10)  # bursts of 20
+    peer = watcher(hub)
+    (a,) = opened(hub)
+    for n in range(25):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    assert len([m for m in peer.messages if m["type"] == "PACKET_SENT"]) == 20
+    errors = [json.loads(p) for p in a.sent]
+    assert {e["reason"] for e in errors} == {"RATE_LIMITED"}
+    for _ in range(3):  # over it in three more seconds in a row: 4 in all, still open
+        clock.advance(1)
+        for n in range(15):
+            send(hub, a, ex.packet_sent("connector-a", n))
+    assert a.closed is None
+    clock.advance(1)
+    for n in range(15):
+        send(hub, a, ex.packet_sent("connector-a", n))
+    assert a.closed is not None and a.closed[0] == 1008
+
+
+def test_seconds_over_the_rate_that_are_not_in_a_row_do_not_close(
+    make_hub: Any, clock: Any
+) -> None:
+    hub: Hub = make_hub(messages_per_second=10)
+    (a,) = opened(hub)
+    for _ in range(10):
+        for n in range(25):
+            send(hub, a, ex.packet_sent("connector-a", n))
+        clock.advance(3)  # a quiet second between each burst
+    assert a.closed is None
+
+
+def test_a_batch_over_the_rate_is_cut_where_the_budget_ends(make_hub: Any) -> None:
+    hub: Hub = make_hub(messages_per_second=5)  # bursts of 10
+    peer = dashboard(hub)
+    (a,) = opened(hub)
+    send(hub, a, {"batch": [ex.packet_sent("connector-a", n) for n in range(15)]})
+    assert [m["data"]["packetId"] for m in peer.messages] == [ex.packet_id(n) for n in range(10)]
+    (error,) = [json.loads(p) for p in a.sent]
+    assert (error["reason"], error["index"]) == ("RATE_LIMITED", 10)
+
+
+# -- batches
+
+
+def test_a_batch_event_over_the_message_limit_is_refused_alone(make_hub: Any) -> None:
+    hub: Hub = make_hub(max_message_bytes=2000)
+    peer = dashboard(hub)
+    (a,) = opened(hub)
+    big = ex.packet_sent("connector-a", 1, blob="x" * 3000)
+    send(
+        hub, a, {"batch": [ex.packet_sent("connector-a", 0), big, ex.packet_sent("connector-a", 2)]}
+    )
+    assert [m["data"]["packetId"] for m in peer.messages] == [ex.packet_id(0), ex.packet_id(2)]
+    (error,) = [json.loads(p) for p in a.sent]
+    assert (error["reason"], error["index"]) == ("MESSAGE_TOO_LARGE", 1)
+    assert a.closed is None
+
+
+# -- the connector's placeholder nodeId
+
+
+def test_a_placeholder_node_id_is_accepted_and_attributed_to_the_connections_node(
+    hub: Hub,
+) -> None:
+    (a,) = opened(hub)
+    plain = dashboard(hub)
+    only_a = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"nodeIds": ["connector-a"]}})
+    send(hub, a, ex.node_status("connector-a"))
+    settlement = {**ex.FLAT_EVENTS["SETTLEMENT_TRIGGERED"], "nodeId": "unknown"}
+    send(hub, a, settlement)
+    assert a.sent == []  # no error
+    expected = {**settlement, "sourceNodeId": "connector-a"}
+    assert plain.telemetry[-1] == expected
+    assert only_a.telemetry[-1] == expected
+    assert "unknown" not in hub.node_ids
+    # the placeholder never binds: a first message with it leaves the connection free
+    (b,) = opened(hub)
+    send(hub, b, settlement)
+    send(hub, b, ex.packet_sent("connector-b"))
+    assert b.sent == []
+    assert hub.live_connectors("connector-b") == 1 and hub.live_connectors("unknown") == 0
+    assert "sourceNodeId" not in plain.messages[-2]  # b was not bound yet: nothing to name

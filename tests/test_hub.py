@@ -201,6 +201,69 @@ def test_replay_cache_is_bounded_and_forgets_offline_nodes_first(make_hub: Any, 
     assert hub.node_ids == ["connector-a", "connector-c"]
 
 
+def test_a_full_replay_cache_forgets_the_offline_node_whose_status_is_oldest(
+    make_hub: Any, clock: Any
+) -> None:
+    hub: Hub = make_hub(max_nodes=3)
+    a, b, c, d = opened(hub, 4)
+    send(hub, b, ex.node_status("connector-b"))  # the oldest status
+    send(hub, a, ex.node_status("connector-a"))
+    send(hub, c, ex.node_status("connector-c"))  # the newest
+    # a goes offline first, then c, then b: the order of leaving does not matter
+    for peer in (a, c, b):
+        hub.connection_closed(peer)
+    send(hub, d, ex.node_status("connector-d"))
+    assert hub.node_ids == ["connector-a", "connector-c", "connector-d"]
+    (e,) = opened(hub)
+    send(hub, e, ex.node_status("connector-e"))
+    assert hub.node_ids == ["connector-c", "connector-d", "connector-e"]
+
+
+def test_an_offline_node_that_reports_again_is_no_longer_evictable(make_hub: Any) -> None:
+    hub: Hub = make_hub(max_nodes=2)
+    a, b = opened(hub, 2)
+    send(hub, a, ex.node_status("connector-a"))
+    hub.connection_closed(a)
+    (back,) = opened(hub)
+    send(hub, back, ex.node_status("connector-a", health="unhealthy"))  # online again
+    send(hub, b, ex.node_status("connector-b"))
+    (c,) = opened(hub)
+    send(hub, c, ex.node_status("connector-c"))  # no offline node to evict
+    assert hub.node_ids == ["connector-a", "connector-b"]
+
+
+def test_the_replay_cache_is_bounded_by_bytes_too(make_hub: Any) -> None:
+    big = ex.node_status(routes=[{"prefix": f"g.r{i}", "nextHop": "x"} for i in range(100)])
+    size = len(encode({**big, "seq": 1}))
+    hub: Hub = make_hub(max_replay_bytes=3 * size + 100)
+    peers = opened(hub, 4)
+    for i, peer in enumerate(peers[:3]):
+        send(hub, peer, {**big, "nodeId": f"node-{i}"})
+    assert hub.replay_bytes <= 3 * size + 100
+    hub.connection_closed(peers[0])
+    send(hub, peers[3], {**big, "nodeId": "node-3"})
+    assert hub.node_ids == ["node-1", "node-2", "node-3"]
+    assert hub.replay_bytes <= 3 * size + 100
+
+
+def test_an_updated_status_keeps_its_place_and_replaces_what_earlier_replays_sent(
+    hub: Hub,
+) -> None:
+    a, b = opened(hub, 2)
+    send(hub, a, ex.node_status("connector-a", health="starting"))
+    send(hub, b, ex.node_status("connector-b"))
+    early = dashboard(hub)  # its replay serializes connector-a's first status
+    assert [m["data"]["health"] for m in early.messages] == ["starting", "healthy"]
+    send(hub, a, ex.node_status("connector-a", health="healthy", uptime=7200))
+    late = dashboard(hub)
+    assert [m["nodeId"] for m in late.messages] == ["connector-a", "connector-b"]
+    assert late.messages[0]["data"]["health"] == "healthy"
+    assert late.messages[0]["data"]["uptime"] == 7200
+    hub.connection_closed(a)
+    later = dashboard(hub)
+    assert (later.messages[0]["data"]["uptime"], later.messages[0]["online"]) == (7200, False)
+
+
 def test_full_replay_cache_of_live_nodes_keeps_them_and_still_broadcasts(
     make_hub: Any, logs: Any
 ) -> None:

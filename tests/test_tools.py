@@ -238,6 +238,46 @@ def test_simulator_and_tail_against_a_real_hub(hub: HubProcess) -> None:
     assert health["accepted"] == sum(report["sent"].values())
 
 
+def test_tail_says_when_the_hub_goes_away_and_exits_non_zero(hub: HubProcess) -> None:
+    url = f"ws://127.0.0.1:{hub.wait_listening()}/"
+    tail = subprocess.Popen(
+        [tool("telemetry-tail"), "--url", url], stderr=subprocess.PIPE, text=True
+    )
+    hub.wait_for(lambda r: "Dashboard client connected" in r.get("message", ""))
+    hub.signal()  # SIGTERM: the hub closes every connection with 1001
+    _, err = tail.communicate(timeout=30)
+    assert tail.returncode != 0
+    assert "the hub closed the connection (1001" in err
+
+
+def test_the_simulator_sends_node_status_once_not_again_after_a_reconnect() -> None:
+    """Real connectors announce themselves once, at start-up; so does the simulator."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from telemetry_service.sim import SimulatedConnector
+
+    class Connection:
+        def __init__(self) -> None:
+            self.types: list[str] = []
+
+        def sendMessage(self, payload: bytes) -> None:
+            self.types.append(json.loads(payload)["type"])
+
+    connector = SimulatedConnector(
+        "connector-a", "ws://127.0.0.1:1/", MemoryReactorClock(), ex.node_status()
+    )
+    first, second = Connection(), Connection()
+    connector.opened(first)  # type: ignore[arg-type]
+    connector.send(ex.packet_sent("connector-a"))
+    connector.closed(first)  # type: ignore[arg-type]
+    connector.send(ex.packet_sent("connector-a"))  # while disconnected: dropped
+    connector.opened(second)  # type: ignore[arg-type]
+    connector.send(ex.packet_sent("connector-a"))
+    assert first.types == ["NODE_STATUS", "PACKET_SENT"]
+    assert second.types == ["PACKET_SENT"]
+    assert connector.dropped == 1
+
+
 def test_tail_says_when_it_cannot_connect() -> None:
     result = subprocess.run(
         [tool("telemetry-tail"), "--url", "ws://127.0.0.1:1/"],

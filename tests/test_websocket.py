@@ -314,6 +314,39 @@ async def test_peer_that_never_answers_pings_is_dropped(start: Start, logs: Any)
     assert logs.matching("ping timeout")
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_connector_that_sends_steadily_is_alive_though_it_answers_pings_late(
+    start: Start,
+) -> None:
+    """Any data frame proves the peer alive, on the hub's own fast frame path too."""
+    hub = start("--ping-interval", "1", "--ping-timeout", "1")
+    from autobahn.twisted.websocket import WebSocketClientFactory
+
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{hub.port}/")
+    factory.protocol = SilentClient
+    sender: SilentClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", hub.port).connect(factory)
+    await sender.opened
+    dashboard = await hub.dashboard()
+    for n in range(18):  # 3.6 s: more than three ping intervals with no answer to any
+        sender.send(ex.packet_sent("connector-a", n))
+        await settle(0.2)
+    assert not sender.closed.called
+    assert sender.state == WebSocketClientProtocol.STATE_OPEN
+    got = await dashboard.take_telemetry(18)
+    assert [m["data"]["packetId"] for m in got] == [ex.packet_id(n) for n in range(18)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_queued_bytes_is_each_connections_budget(start: Start) -> None:
+    small = start("--max-queued-bytes", "262144")
+    default = start()
+    for running, limit in ((small, 262144), (default, 1 << 20)):
+        await running.dashboard()
+        await settle()
+        (protocol_,) = running.factory.connections
+        assert protocol_._hub_peer.limit == limit
+
+
 class RawClient(protocol.Protocol):
     def __init__(self) -> None:
         self.data = b""
