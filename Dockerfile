@@ -19,10 +19,15 @@ RUN python -m venv /opt/telemetry-hub \
  && /opt/telemetry-hub/bin/pip install --no-cache-dir /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
  && /opt/telemetry-hub/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
- && useradd --system --no-create-home --shell /usr/sbin/nologin telemetry
+ && useradd --system --no-create-home --shell /usr/sbin/nologin telemetry \
+ && mkdir -p /var/lib/telemetry-hub \
+ && chown telemetry /var/lib/telemetry-hub
 ENV PATH=/opt/telemetry-hub/bin:$PATH \
     TELEMETRY_WS_PORT=9000 \
+    TELEMETRY_STATE_DIR=/var/lib/telemetry-hub \
     PYTHONUNBUFFERED=1
+# the hub's state (history, epoch, replay cache) survives the container through this volume
+VOLUME ["/var/lib/telemetry-hub"]
 USER telemetry
 WORKDIR /tmp
 # 9000: WebSocket for connectors and dashboards; 8080: the live page and /health

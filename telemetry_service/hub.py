@@ -234,8 +234,10 @@ class Hub:
         self._settings = settings
         self._clock = clock
         self._fanout = fanout
-        self.store: MessageStore = store or MemoryStore(
-            settings.history_messages, settings.history_bytes
+        self.store: MessageStore = (
+            store
+            if store is not None
+            else MemoryStore(settings.history_messages, settings.history_bytes)
         )
         self._log_broadcasts = log_broadcasts
         self._observers: list[Observer] = []
@@ -250,8 +252,15 @@ class Hub:
         self._connectors: dict[str, dict[Peer, None]] = {}
         # nodeId -> latest NODE_STATUS, in first-report order
         self._node_status = ReplayCache(
-            settings.max_nodes, settings.max_replay_bytes, self._connectors.__contains__
+            settings.max_nodes,
+            settings.max_replay_bytes,
+            self._connectors.__contains__,
+            self.store.node_status_changed,
         )
+        # what a durable store kept from before a restart: every node offline until its
+        # connector is back (real connectors do not send NODE_STATUS again)
+        for node_id, seq, payload in self.store.node_statuses():
+            self._node_status.restore(node_id, payload, seq)
         self.stats = HubStats()
 
     def add_observer(self, observer: Observer) -> None:

@@ -43,14 +43,23 @@ class ReplayCache:
     nodeId -> its latest status; iteration is first-report order.
     """
 
-    def __init__(self, max_nodes: int, max_bytes: int, is_online: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        max_nodes: int,
+        max_bytes: int,
+        is_online: Callable[[str], bool],
+        on_change: Callable[[str, int, bytes | None], None] | None = None,
+    ) -> None:
         """
         @param is_online: whether a node has a live connector now (such a node is never
             evicted).
+        @param on_change: told of every node's new status, and of every node forgotten
+            (C{None}), so that a durable store can keep the cache.
         """
         self._max_nodes = max_nodes
         self._max_bytes = max_bytes
         self._is_online = is_online
+        self._on_change = on_change or _ignore
         self._records: dict[str, NodeRecord] = {}
         self._bytes = 0
         self._version = 0
@@ -78,24 +87,38 @@ class ReplayCache:
 
         @return: the nodes evicted, or None if there was no room (only live nodes are left
             to evict): then the node is not cached at all, since an older status of it
-            would be out of date.
+            would be out of date (offline nodes may have been evicted all the same).
         """
         records = self._records
         self._version += 1
         record = records.get(node_id)
         if record is not None:
             self._bytes -= len(record.payload)
-        evicted = self._make_room(len(payload), len(records) + (record is None), node_id)
-        if evicted is None:
+        evicted, fits = self._make_room(len(payload), len(records) + (record is None), node_id)
+        for victim in evicted:
+            self._on_change(victim, 0, None)
+        if not fits:
             if record is not None:
                 del records[node_id]
+                self._on_change(node_id, seq, None)
             return None
         self._bytes += len(payload)
         if record is None:
             records[node_id] = NodeRecord(payload, seq, self._version)
         else:  # in place: the node keeps its first-report position
             record.payload, record.seq, record.version = payload, seq, self._version
+        self._on_change(node_id, seq, payload)
         return evicted
+
+    def restore(self, node_id: str, payload: bytes, seq: int) -> None:
+        """
+        Take back a status kept from before a restart, after the others restored; its node
+        is offline until its connector is back.
+        """
+        self._version += 1
+        self._records[node_id] = NodeRecord(payload, seq, self._version)
+        self._bytes += len(payload)
+        heapq.heappush(self._offline, (self._version, node_id))
 
     def went_offline(self, node_id: str) -> None:
         """
@@ -111,20 +134,20 @@ class ReplayCache:
             ]
             heapq.heapify(self._offline)
 
-    def _make_room(self, size: int, count: int, keep: str) -> list[str] | None:
+    def _make_room(self, size: int, count: int, keep: str) -> tuple[list[str], bool]:
         """
         Evict offline nodes, oldest status first, until C{count} nodes and C{size} more
-        bytes fit.
+        bytes fit; say which went, and whether it fits now.
         """
         evicted: list[str] = []
         while count > self._max_nodes or self._bytes + size > self._max_bytes:
             victim = self._pop_offline(keep)
             if victim is None:
-                return None
+                return evicted, False
             self._bytes -= len(self._records.pop(victim).payload)
             evicted.append(victim)
             count -= 1
-        return evicted
+        return evicted, True
 
     def _pop_offline(self, keep: str) -> str | None:
         heap = self._offline
@@ -139,3 +162,7 @@ class ReplayCache:
             ):
                 return node_id
         return None
+
+
+def _ignore(node_id: str, seq: int, payload: bytes | None) -> None:
+    pass

@@ -1,9 +1,10 @@
 """
 The hub's recent history: every accepted message with its sequence number, so that a
-dashboard that reconnects can be sent exactly what it missed.
+dashboard that reconnects can be sent exactly what it missed; and what a durable store also
+keeps for the replay cache.
 
 The hub talks to its store through the narrow L{MessageStore} interface, so that a durable
-or shared store can stand in for the in-memory one.
+(L{telemetry_service.sqlite_store}) or shared store can stand in for the in-memory one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,29 @@ class MessageStore(Protocol):
         C{last_seq}). An empty sequence means C{seq} is the newest.
         """
 
+    def commit(self) -> None:
+        """
+        Make everything appended so far as durable as the store can. Called before any
+        frame leaves the hub, so that no client is ever sent a C{seq} the store could later
+        give to another message; cheap when there is nothing new.
+        """
+
+    def node_statuses(self) -> Sequence[tuple[str, int, bytes]]:
+        """
+        The replay cache as it was kept: (nodeId, seq, status as broadcast), in the order
+        the nodes first reported. Read once, at start-up.
+        """
+
+    def node_status_changed(self, node_id: str, seq: int, payload: bytes | None) -> None:
+        """
+        Keep C{payload} as the node's latest status (C{None}: the node was forgotten).
+        """
+
+    def close(self) -> None:
+        """
+        Make everything durable and let go of the store: the hub has stopped.
+        """
+
 
 Entry = tuple[int, int, str, str | None]
 
@@ -74,7 +102,13 @@ class MemoryStore:
     the oldest seq.
     """
 
-    def __init__(self, max_messages: int, max_bytes: int, epoch: str | None = None) -> None:
+    def __init__(
+        self, max_messages: int, max_bytes: int, epoch: str | None = None, last_seq: int = 0
+    ) -> None:
+        """
+        @param epoch: the epoch to continue (a new one if None).
+        @param last_seq: the seq to continue after.
+        """
         self._max_messages = max_messages
         self._capacity = max_bytes
         self._ring = mmap.mmap(-1, max_bytes)
@@ -83,8 +117,8 @@ class MemoryStore:
         self._start = 0  # slot of the oldest entry
         self._count = 0
         self._bytes = 0
-        self._last_seq = 0
-        self._epoch = epoch or secrets.token_hex(8)
+        self._last_seq = last_seq
+        self._epoch = epoch or new_epoch()
 
     @property
     def epoch(self) -> str:
@@ -186,6 +220,18 @@ class MemoryStore:
                 return tail
             self._pop_oldest()
         return tail if tail + length <= capacity else 0
+
+    def commit(self) -> None:
+        pass
+
+    def node_statuses(self) -> Sequence[tuple[str, int, bytes]]:
+        return ()
+
+    def node_status_changed(self, node_id: str, seq: int, payload: bytes | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def after(self, seq: int, limit: int) -> Sequence[StoredMessage] | None:
         if seq > self._last_seq or seq < 0:

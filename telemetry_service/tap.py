@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger
@@ -29,6 +30,8 @@ from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.settlement import SettlementState
+from telemetry_service.sqlite_store import SqliteStore
+from telemetry_service.store import MemoryStore, MessageStore
 from telemetry_service.web import build_site
 from telemetry_service.websocket import (
     Listener,
@@ -115,6 +118,21 @@ OPTIONS = [
         "(the shipped schemas)",
         str,
         "folder of JSON Schema files, one per message type",
+    ),
+    Option(
+        "store",
+        "TELEMETRY_STORE",
+        "sqlite",
+        _choice("sqlite", "memory"),
+        "where the hub keeps its history and replay cache: sqlite (a file in --state-dir, "
+        "kept across restarts) or memory (lost at every restart)",
+    ),
+    Option(
+        "state-dir",
+        "TELEMETRY_STATE_DIR",
+        "(~/.local/state/telemetry-hub)",
+        str,
+        "folder of the sqlite store's file ($XDG_STATE_HOME/telemetry-hub if that is set)",
     ),
     Option(
         "log-level",
@@ -330,8 +348,19 @@ class Options(usage.Options):
             None if http.lower() == "off" else endpoint_description(http, settings.backlog)
         )
         self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
+        self.store: str = values["store"] or "sqlite"
+        self.state_dir = (
+            Path(values["state-dir"]).expanduser()
+            if values["state-dir"]
+            else default_state_dir(self._environ)
+        )
         self.log_level: str = values["log-level"] or "info"
         self.log_format: str = values["log-format"] or "text"
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".local" / "state") / "telemetry-hub"
 
 
 def endpoint_description(port: str, backlog: int) -> str:
@@ -401,6 +430,13 @@ class TelemetryHubService(MultiService):
         super().startService()
         if self._reactor is not None:
             self._reactor.callWhenRunning(self._take_over_signals)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        # the listeners first (every peer gets its 1001), then the store, which nothing
+        # writes to any more
+        yield super().stopService()
+        self.hub.store.close()
 
     def _take_over_signals(self) -> None:
         """
@@ -472,16 +508,24 @@ def build_service(
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
     clock = IReactorTime(reactor)
+    store: MessageStore
+    if options.store == "memory":
+        store = MemoryStore(settings.history_messages, settings.history_bytes)
+    else:
+        store = SqliteStore(
+            options.state_dir, settings.history_messages, settings.history_bytes, clock
+        )
     hub = Hub(
         catalog,
         settings,
         clock=clock,
         fanout=prepared_fanout,
+        store=store,
         log_broadcasts=options.log_level == "debug",
     )
     settlement = SettlementState(clock)
     hub.add_observer(settlement.observe)
-    factory = TelemetryServerFactory(hub, settings, clock)
+    factory = TelemetryServerFactory(hub, settings, clock, before_send=store.commit)
     service = TelemetryHubService(
         hub=hub,
         observer=make_observer(options.log_level, options.log_format, sys.stdout),

@@ -96,8 +96,10 @@ class HealthResource(_JSONResource):
 
     def body(self) -> dict[str, Any]:
         hub = self._hub
+        degraded = getattr(hub.store, "degraded", None)
         return {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            "store": {"kind": type(hub.store).__name__, "degraded": degraded},
             "version": __version__,
             "connections": hub.counts(),
             "accepted": hub.stats.accepted,

@@ -14,7 +14,7 @@ objects). Everything outgoing goes through a bounded per-connection queue
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -133,7 +133,9 @@ class WebSocketPeer:
 
     __slots__ = (
         "_batcher",
+        "_before_send",
         "_budget",
+        "_direct",
         "_failed",
         "_pending",
         "_pending_bytes",
@@ -156,8 +158,12 @@ class WebSocketPeer:
         self._protocol = protocol
         self._transport: Any = protocol.transport
         # plain TCP and UNIX sockets only: a TLS transport must encrypt what it sends
-        direct = isinstance(self._transport, tcp.Connection) and not self._transport.TLS
-        self._batcher = batcher if direct else None
+        # plain TCP and UNIX sockets are written around Twisted's buffer (see WriteBatcher);
+        # a TLS transport must encrypt what it sends, so it gets Twisted's own write
+        self._direct = isinstance(self._transport, tcp.Connection) and not self._transport.TLS
+        self._batcher = batcher
+        # makes what the store holds durable before a frame goes out (see MessageStore)
+        self._before_send = batcher.before_send if batcher is not None else _nothing
         self._budget = budget or OutboundBudget(2**62)
         # frames of this reactor pass, not yet sent (see WriteBatcher)
         self._pending: list[bytes] | None = None
@@ -206,6 +212,7 @@ class WebSocketPeer:
             if self._pending_bytes + self._queued_bytes > self.limit:
                 self._over_limit()
         else:
+            self._before_send()
             self._transport.write(frame)
 
     def send_stream(self, stream: Stream) -> None:
@@ -254,11 +261,11 @@ class WebSocketPeer:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         transport = self._transport
         if (
-            transport._tempDataBuffer
+            not self._direct
+            or transport._tempDataBuffer
             or transport.dataBuffer
             or not transport.connected
             or transport._writeDisconnected
-            or transport.TLS
         ):
             transport.write(data)
             return
@@ -272,6 +279,7 @@ class WebSocketPeer:
         """
         Hand queued frames to the transport, and pull streams, until it is full again.
         """
+        self._before_send()
         # frames of the current pass were sent before anything that queued after them
         self.write_pending()
         queue, protocol, transport = self._queue, self._protocol, self._transport
@@ -354,9 +362,13 @@ class WriteBatcher:
     A failure while sending to one connection closes that connection and nothing else.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, before_send: Callable[[], None] | None = None) -> None:
+        """
+        @param before_send: called before any frame goes out (the store's commit).
+        """
         self._clock = clock
         self._marked: list[WebSocketPeer] = []
+        self.before_send = before_send or _nothing
 
     def mark(self, peer: WebSocketPeer) -> None:
         if not self._marked:
@@ -365,11 +377,16 @@ class WriteBatcher:
 
     def flush(self) -> None:
         marked, self._marked = self._marked, []
+        self.before_send()
         for peer in marked:
             try:
                 peer.write_pending()
             except Exception:
                 peer.failed(Failure())
+
+
+def _nothing() -> None:
+    pass
 
 
 def prepared_fanout(peers: Iterable[Peer], payload: bytes) -> None:
@@ -567,7 +584,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         """
         if self.state == _OPEN:
             if self._hub_peer is not None:
-                self._hub_peer.write_pending()  # what this pass sent still goes first
+                self._hub_peer.flush()  # what this pass sent still goes first
                 self._hub_peer.drop_queue()
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"hub shutting down", isReply=False)
         else:
@@ -600,13 +617,20 @@ class TelemetryServerFactory(WebSocketServerFactory):
 
     _log = Logger()
 
-    def __init__(self, hub: Hub, settings: Settings, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: Settings,
+        clock: IReactorTime | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> None:
         """
         @param clock: runs the write batching; without one, frames go to C{transport.write}.
+        @param before_send: called before any frame goes out: the store's commit.
         """
         super().__init__()
         self.hub = hub
-        self.batcher = WriteBatcher(clock) if clock is not None else None
+        self.batcher = WriteBatcher(clock, before_send) if clock is not None else None
         self.max_queued_bytes = settings.max_queued_bytes
         self.budget = OutboundBudget(settings.max_total_queued_bytes)
         self.connections: set[TelemetryServerProtocol] = set()

@@ -8,9 +8,11 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +49,9 @@ class HubProcess:
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith(("TELEMETRY_", "LOG_"))
         }
+        # the hub's state goes in a folder of this process's own, never the user's
+        self._own_state = tempfile.mkdtemp(prefix="hub-state-")
+        environment["TELEMETRY_STATE_DIR"] = self._own_state
         environment.update(env or {})
         self.argv = argv
         self.process = subprocess.Popen(
@@ -127,6 +132,7 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self._own_state, ignore_errors=True)
 
 
 def run_to_exit(

@@ -437,9 +437,12 @@ def test_a_lost_connection_or_tls_goes_through_twisted(tcp_like: None) -> None:
     clock.advance(0)
     assert lost._tempDataBuffer == [b"frame"]
     tls = FakeTCP(tls=True)
-    peer, _ = batched_peer(tls)
-    peer.send_frame(b"frame")  # TLS transports are never batched or written around
-    assert (tls.on_wire, tls._tempDataBuffer) == (b"", [b"frame"])
+    peer, clock = batched_peer(tls)
+    peer.send_frame(b"frame")  # a TLS transport's frames leave at the end of the pass too...
+    peer.send_frame(b"frame")
+    assert tls._tempDataBuffer == []
+    clock.advance(0)  # ...but through Twisted, which encrypts them
+    assert (tls.on_wire, tls._tempDataBuffer) == (b"", [b"frameframe"])
 
 
 def test_frames_pending_behind_a_close_frame_are_not_sent(tcp_like: None) -> None:
@@ -685,3 +688,40 @@ def test_connections_over_the_per_address_limit_are_refused_at_the_handshake(
         fourth.lose()
     finally:
         first.lose()
+
+
+def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> None:
+    """Within one epoch a seq names one message: a frame leaves only once it is stored."""
+    from telemetry_service.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+
+    events: list[str] = []
+
+    class Transport(FakeTCP):
+        def writeSomeData(self, data: bytes) -> Any:
+            events.append("write")
+            return super().writeSomeData(data)
+
+        def write(self, data: bytes) -> None:
+            events.append("write")
+            super().write(data)
+
+    clock = Clock()
+    batcher = WriteBatcher(clock, before_send=lambda: events.append("commit"))
+    peer = WebSocketPeer(
+        RecordingProtocol(Transport()),  # type: ignore[arg-type]
+        1 << 20,
+        batcher,
+        OutboundBudget(1 << 30),
+    )
+    peer.send_frame(b"one")  # this pass's frame: at the end of the pass
+    clock.advance(0)
+    assert events == ["commit", "write"]
+    events.clear()
+    peer._protocol.write_paused = True
+    peer.send_frame(b"two")  # queued behind a full buffer: when it drains
+    peer._protocol.write_paused = False
+    peer.flush()
+    assert events == ["commit", "write"]
+    events.clear()
+    peer.send_stream(ListStream(iter([b"{}"])))  # a snapshot, written at once
+    assert events[0] == "commit"

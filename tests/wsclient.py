@@ -120,6 +120,10 @@ class RunningHub:
                 "tcp:0:interface=127.0.0.1",
                 "--http-port",
                 "tcp:0:interface=127.0.0.1",
+                # in-process hubs keep their state in memory unless a test says otherwise;
+                # the real process's tests use the default, the sqlite store
+                "--store",
+                "memory",
                 *argv,
             ]
         )
