@@ -229,8 +229,9 @@ class SettlementState:
         else:
             self._update(message_type, self._channels.get(channel_id), event)
             return
-        # opening again starts the channel's state afresh (as in the original)
-        self._channels.put(channel_id, opened)
+        # opening again starts the channel's state afresh (as in the original), and a field
+        # the event did not carry is left out, as the original's JSON.stringify did
+        self._channels.put(channel_id, {k: v for k, v in opened.items() if v is not None})
         self._settled_at.pop(channel_id, None)
 
     def _update(
@@ -255,6 +256,10 @@ class SettlementState:
             channel["status"] = "settled"
             channel["settledAt"] = stamp
             self._settled_at[channel["channelId"]] = self._clock.seconds()
+            if message_type == "PAYMENT_CHANNEL_SETTLED":
+                # the original left an EVM channel's last activity where it was
+                self._channels.put(channel["channelId"], channel)
+                return
         channel["lastActivityAt"] = stamp
         self._channels.put(channel["channelId"], channel)
 
