@@ -24,6 +24,7 @@ INVALID_BATCH = "INVALID_BATCH"
 MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
 RATE_LIMITED = "RATE_LIMITED"
 REPLAY_BUSY = "REPLAY_BUSY"
+UNAUTHORIZED = "UNAUTHORIZED"
 
 # WebSocket close codes the hub sends (documented in the README's table of close codes).
 #: the hub is shutting down (RFC 6455 "going away")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections import deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from telemetry_service.auth import CONNECTOR, VIEWER, Access, Grant
 from telemetry_service.codec import decode, encode
 from telemetry_service.config import Settings
 from telemetry_service.errors import (
@@ -32,6 +33,7 @@ from telemetry_service.errors import (
     RATE_LIMITED,
     REPLAY_BUSY,
     ROLE_VIOLATION,
+    UNAUTHORIZED,
     Rejection,
     shorten,
 )
@@ -191,22 +193,32 @@ class Connection:
     hub_events: frozenset[str] = frozenset()
     #: the hub has closed it; what it still sends is ignored
     closing: bool = False
+    #: what its token allows (None: it presented none)
+    grant: Grant | None = None
     # made on first use: most connections never need them (memory per connection)
     messages: TokenBucket | None = None
     replays: TokenBucket | None = None
     warnings: TokenBucket | None = None
     error_frames: TokenBucket | None = None
-    #: the last whole second in which its message rate was exceeded, and how many such
-    #: seconds in a row
-    rate_second: int = -1
-    rate_strikes: int = 0
+    #: since when it has been over its message rate without a break of a second or more,
+    #: and when it last was (clock seconds)
+    over_rate_since: float = 0.0
+    over_rate_last: float = -1e18
 
 
 @dataclass
 class HubStats:
+    """
+    Plain counters, read by /health and /metrics (a metrics library's objects cost more
+    per message than the rest of a broadcast).
+    """
+
     accepted: int = 0
+    accepted_by_type: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    #: frames of broadcasts handed to connections (one per message and recipient)
+    deliveries: int = 0
 
 
 class Hub:
@@ -224,13 +236,16 @@ class Hub:
         fanout: Fanout = send_to_each,
         store: MessageStore | None = None,
         log_broadcasts: bool = False,
+        access: Access | None = None,
     ) -> None:
         """
         @param catalog: the message schemas; replace C{hub.catalog} to apply edited ones.
+        @param access: who may publish and read (default: anyone); see L{apply_access}.
         @param log_broadcasts: log one debug line per broadcast. Off unless the log level is
             debug: even a filtered-out log call costs more than the rest of a broadcast.
         """
         self.catalog = catalog
+        self.access = access or Access()
         self._settings = settings
         self._clock = clock
         self._fanout = fanout
@@ -271,10 +286,48 @@ class Hub:
 
     # -- what the transport tells the hub
 
-    def connection_opened(self, peer: Peer) -> None:
-        self._connections[peer] = Connection(peer)
-        self._recipients[peer] = None
-        self._log.info("Connection opened from {peer}", peer=peer.address)
+    def connection_opened(self, peer: Peer, grant: Grant | None = None) -> None:
+        """
+        @param grant: what the token it presented at the handshake allows, if any.
+        """
+        connection = self._connections[peer] = Connection(peer, grant=grant)
+        if self._may_read(connection):
+            self._recipients[peer] = None
+        self._log.info(
+            "Connection opened from {peer}{token}",
+            peer=peer.address,
+            token="" if grant is None else f" ({grant.role} token {grant.name})",
+        )
+
+    def apply_access(self, access: Access) -> None:
+        """
+        Use new access rules (a reloaded token file): connections that no longer may do
+        what they do are closed (1008).
+        """
+        self.access = access
+        for connection in list(self._connections.values()):
+            grant = connection.grant
+            revoked = grant is not None and not access.still_valid(grant)
+            if connection.role is Role.CONNECTOR:
+                allowed = not revoked and self._may_publish(connection)
+            elif connection.role in (Role.DASHBOARD, Role.LISTENER):
+                allowed = not revoked and self._may_read(connection)
+            else:
+                allowed = not revoked
+            if not allowed and not connection.closing:
+                self._close(connection, POLICY_VIOLATION, "its token no longer allows this")
+
+    def _may_read(self, connection: Connection) -> bool:
+        grant = connection.grant
+        if grant is None:
+            return not self.access.reading_needs_a_token
+        return grant.role == VIEWER
+
+    def _may_publish(self, connection: Connection) -> bool:
+        grant = connection.grant
+        if grant is None:
+            return not self.access.publishing_needs_a_token
+        return grant.role == CONNECTOR
 
     def connection_closed(self, peer: Peer) -> None:
         connection = self._connections.pop(peer, None)
@@ -383,6 +436,16 @@ class Hub:
     def replay_bytes(self) -> int:
         return self._node_status.size_bytes
 
+    def node_status(self, node_id: str) -> bytes | None:
+        """
+        The node's latest NODE_STATUS as a dashboard would get it on connect (with
+        C{online}), or None for a node the hub does not know.
+        """
+        record = self._node_status.get(node_id)
+        if record is None:
+            return None
+        return record.replay_payload(node_id in self._connectors)
+
     def live_connectors(self, node_id: str) -> int:
         return len(self._connectors.get(node_id, ()))
 
@@ -425,6 +488,13 @@ class Hub:
                 ROLE_VIOLATION,
                 "this connection already sent telemetry as a connector; "
                 "a dashboard must use a connection of its own",
+            )
+        if not self._may_read(connection):
+            raise Rejection(
+                UNAUTHORIZED,
+                "a connector token cannot subscribe"
+                if connection.grant is not None
+                else "this hub sends telemetry only to connections with a viewer token",
             )
         peer = connection.peer
         # A snapshot or a resume costs the hub work and memory until the client has read
@@ -542,6 +612,21 @@ class Hub:
                 "telemetry must come from a connection of its own",
                 messageType=message_type,
             )
+        grant = connection.grant
+        if not self._may_publish(connection):
+            raise Rejection(
+                UNAUTHORIZED,
+                "a viewer token cannot publish"
+                if grant is not None
+                else "this hub takes telemetry only from connections with a connector token",
+                messageType=message_type,
+            )
+        if grant is not None and node_id is not None and not grant.may_publish_for(node_id):
+            raise Rejection(
+                UNAUTHORIZED,
+                f"token {grant.name!r} may not publish for node {shorten(node_id, 64)!r}",
+                messageType=message_type,
+            )
         if connection.role is not Role.CONNECTOR:
             connection.role = Role.CONNECTOR
             self._recipients.pop(connection.peer, None)
@@ -562,7 +647,10 @@ class Hub:
             )
         if placeholder and connection.node_id is not None:
             message["sourceNodeId"] = connection.node_id
-        self.stats.accepted += 1
+        stats = self.stats
+        stats.accepted += 1
+        by_type = stats.accepted_by_type
+        by_type[message_type] = by_type.get(message_type, 0) + 1
         payload = self._publish(message, message_type, node_id or connection.node_id)
         if message_type == NODE_STATUS and node_id is not None:
             self._remember_node_status(connection, node_id, payload, message["seq"])
@@ -593,12 +681,13 @@ class Hub:
         """
         payload = self._record(message, message_type, node_id)
         if self._filtered:
-            targets: Iterable[Peer] = [
+            targets: Collection[Peer] = [
                 *self._recipients,
                 *(p for p, f in self._filtered.items() if f.matches(message_type, node_id)),
             ]
         else:
-            targets = self._recipients
+            targets = self._recipients.keys()
+        self.stats.deliveries += len(targets)
         if self._log_broadcasts:
             self._log.debug(
                 "Broadcasting telemetry event {type} #{seq} from {nodeId}",
@@ -636,14 +725,13 @@ class Hub:
             node_id,
         )
         if self._hub_event_subscribers:
-            self._fanout(
-                [
-                    peer
-                    for peer, connection in self._hub_event_subscribers.items()
-                    if self._wants(connection, NODE_PRESENCE, node_id)
-                ],
-                payload,
-            )
+            targets = [
+                peer
+                for peer, connection in self._hub_event_subscribers.items()
+                if self._wants(connection, NODE_PRESENCE, node_id)
+            ]
+            self.stats.deliveries += len(targets)
+            self._fanout(targets, payload)
 
     # -- the replay cache
 
@@ -677,7 +765,7 @@ class Hub:
     def _rate_limited(self, connection: Connection, index: int | None, is_binary: bool) -> None:
         """
         Refuse what is over the connection's message rate; close it once that has gone on
-        for C{rate_abuse_seconds} seconds in a row.
+        for C{rate_abuse_seconds} seconds with no second free of refusals.
         """
         s = self._settings
         detail = f"over the limit of {s.messages_per_second:g} events per second"
@@ -687,17 +775,16 @@ class Hub:
         if index is not None:
             rejection.extra["index"] = index
         self._refuse(connection, rejection, None, is_binary)
-        second = int(self._clock.seconds())
-        if second != connection.rate_second:
-            consecutive = second == connection.rate_second + 1
-            connection.rate_strikes = connection.rate_strikes + 1 if consecutive else 1
-            connection.rate_second = second
-            if connection.rate_strikes >= s.rate_abuse_seconds:
-                self._close(
-                    connection,
-                    POLICY_VIOLATION,
-                    f"over its message rate for {connection.rate_strikes} seconds in a row",
-                )
+        now = self._clock.seconds()
+        if now - connection.over_rate_last > 1.0:  # a new stretch over the rate
+            connection.over_rate_since = now
+        connection.over_rate_last = now
+        if now - connection.over_rate_since >= s.rate_abuse_seconds:
+            self._close(
+                connection,
+                POLICY_VIOLATION,
+                f"over its message rate for {s.rate_abuse_seconds} seconds without a break",
+            )
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
         connection.closing = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -134,14 +135,23 @@ class SimulatedConnector:
     One connector node: a connection that comes back with backoff, and what it sends.
     """
 
-    def __init__(self, node_id: str, url: str, reactor: Any, status: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        url: str,
+        reactor: Any,
+        status: dict[str, Any],
+        token: str | None = None,
+    ) -> None:
         self.node_id = node_id
         self.status = status
         self.sent: dict[str, int] = {}
         self.dropped = 0
         self._protocol: _ConnectorProtocol | None = None
         self._announced = False
-        factory = WebSocketClientFactory(url)
+        # a connector token, as real connectors would send it: an Authorization header
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        factory = WebSocketClientFactory(url, headers=headers)
         factory.protocol = _ConnectorProtocol
         factory.connector = self  # type: ignore[attr-defined]
         parts = urlsplit(url)
@@ -185,6 +195,7 @@ class Simulation:
         no_route: float = 0.1,
         seed: int | None = None,
         hop_seconds: float = 0.002,
+        token: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.topology = topology
@@ -196,7 +207,7 @@ class Simulation:
         self._credit = 0.0
         self._last = reactor.seconds()
         self.connectors = {
-            node: SimulatedConnector(node, url, reactor, self._status(node))
+            node: SimulatedConnector(node, url, reactor, self._status(node), token)
             for node in topology.nodes
         }
         self._loop = task.LoopingCall(self._tick)
@@ -400,6 +411,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         prog="telemetry-sim", description=__doc__.split("\n\n")[0].strip()
     )
     parser.add_argument("--url", default="ws://127.0.0.1:9000/", help="the hub's WebSocket URL")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TELEMETRY_TOKEN"),
+        help="a connector token for every simulated node (env TELEMETRY_TOKEN)",
+    )
+    parser.add_argument(
+        "--viewer-token",
+        default=os.environ.get("TELEMETRY_VIEWER_TOKEN"),
+        help="a viewer token for --measure (env TELEMETRY_VIEWER_TOKEN)",
+    )
     parser.add_argument("--nodes", type=int, default=5, help="number of connectors (default 5)")
     parser.add_argument(
         "--topology",
@@ -449,12 +470,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def _run(reactor: Any, args: argparse.Namespace, topology: Topology) -> None:
     simulation = Simulation(
-        reactor, args.url, topology, args.rate, args.no_route, args.seed, args.hop_ms / 1000
+        reactor,
+        args.url,
+        topology,
+        args.rate,
+        args.no_route,
+        args.seed,
+        args.hop_ms / 1000,
+        args.token,
     )
     meter = LatencyMeter()
     measuring = None
     if args.measure:
-        factory = WebSocketClientFactory(args.url)
+        viewer = args.viewer_token
+        headers = {"Authorization": f"Bearer {viewer}"} if viewer else None
+        factory = WebSocketClientFactory(args.url, headers=headers)
         factory.protocol = _MeasuringProtocol
         factory.latency = meter  # type: ignore[attr-defined]
         parts = urlsplit(args.url)

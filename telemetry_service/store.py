@@ -50,6 +50,17 @@ class MessageStore(Protocol):
         The seq of the newest message, 0 before the first.
         """
 
+    def __len__(self) -> int:
+        """
+        How many messages are held.
+        """
+
+    @property
+    def size_bytes(self) -> int:
+        """
+        The bytes of the messages held.
+        """
+
     def append(self, message: StoredMessage) -> None:
         """
         Add the next message; its seq must be C{last_seq + 1}.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -115,6 +116,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--url", default="ws://127.0.0.1:9000/", help="the hub's WebSocket URL")
     parser.add_argument(
+        "--token",
+        default=os.environ.get("TELEMETRY_VIEWER_TOKEN"),
+        help="a viewer token, where the hub needs one (env TELEMETRY_VIEWER_TOKEN)",
+    )
+    parser.add_argument(
         "--type",
         action="append",
         dest="types",
@@ -153,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def _run(reactor: Any, args: argparse.Namespace) -> None:
     printer = Printer(sys.stdout, args.json, sys.stdout.isatty() and not args.json, args.count)
-    factory = WebSocketClientFactory(args.url)
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    factory = WebSocketClientFactory(args.url, headers=headers)
     factory.protocol = _TailProtocol
     factory.hello = hello(args)  # type: ignore[attr-defined]
     factory.printer = printer  # type: ignore[attr-defined]

@@ -24,10 +24,12 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from telemetry_service import __version__
+from telemetry_service.auth import Access, load_tokens, parse_origins
 from telemetry_service.config import Settings
 from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
+from telemetry_service.metrics import registry as metrics_registry
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.settlement import SettlementState
 from telemetry_service.sqlite_store import SqliteStore
@@ -118,6 +120,23 @@ OPTIONS = [
         "(the shipped schemas)",
         str,
         "folder of JSON Schema files, one per message type",
+    ),
+    Option(
+        "tokens",
+        "TELEMETRY_TOKENS_FILE",
+        "(none: anyone may publish and read)",
+        str,
+        "token file (telemetry-token makes its lines): connector tokens to publish, viewer "
+        "tokens to read; reloaded on SIGHUP",
+    ),
+    Option(
+        "allowed-origins",
+        "TELEMETRY_ALLOWED_ORIGINS",
+        "(any)",
+        parse_origins,
+        "browser origins allowed to open a WebSocket, comma-separated, * as wildcard "
+        "(https://dash.example.com,https://*.example.com); the hub's own page and clients "
+        "that send no Origin always may",
     ),
     Option(
         "store",
@@ -349,6 +368,8 @@ class Options(usage.Options):
         )
         self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
         self.store: str = values["store"] or "sqlite"
+        self.tokens_file = Path(values["tokens"]).expanduser() if values["tokens"] else None
+        self.allowed_origins: tuple[str, ...] | None = values["allowed-origins"]
         self.state_dir = (
             Path(values["state-dir"]).expanduser()
             if values["state-dir"]
@@ -402,6 +423,8 @@ class TelemetryHubService(MultiService):
         self._summary = summary
         self._reactor = reactor
         self._stopping = False
+        #: SIGHUP reloads by outcome, for /metrics
+        self.reloads = {"schemas_ok": 0, "schemas_failed": 0, "tokens_ok": 0, "tokens_failed": 0}
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd builds its Application after makeService returns and then asks that
@@ -417,6 +440,19 @@ class TelemetryHubService(MultiService):
             version=__version__,
             **self._summary,
         )
+        access = self.hub.access
+        if access.is_open:
+            self._log.warn(
+                "No tokens and no origin list: anyone who can reach the hub may publish for any "
+                "node and read everything (see --tokens and --allowed-origins)"
+            )
+        else:
+            self._log.info(
+                "Access: {connectors} connector tokens, {viewers} viewer tokens, origins {origins}",
+                connectors=sum(g.role == "connector" for g in access.grants),
+                viewers=sum(g.role == "viewer" for g in access.grants),
+                origins="any" if access.origins is None else ", ".join(access.origins),
+            )
         try:
             super().privilegedStartService()
         except ConfigurationError as e:
@@ -456,7 +492,37 @@ class TelemetryHubService(MultiService):
         reactor.callFromThread(self._stop, signal.Signals(number).name)
 
     def _on_reload_signal(self, number: int, frame: object) -> None:
-        IReactorThreads(self._reactor).callFromThread(self.reload_schemas)
+        IReactorThreads(self._reactor).callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        SIGHUP: read the schema folder and the token file again.
+        """
+        for what, reload in (("schemas", self.reload_schemas), ("tokens", self.reload_tokens)):
+            self.reloads[f"{what}_{'ok' if reload() else 'failed'}"] += 1
+
+    def reload_tokens(self) -> bool:
+        """
+        Read the token file again; a broken file is refused whole, keeping the tokens in
+        use. Connections whose token is gone are closed.
+        """
+        current = self.hub.access
+        if current.source is None:
+            return True
+        try:
+            grants = load_tokens(current.source)
+        except ConfigurationError as e:
+            self._log.error(
+                "Token reload failed, keeping the {count} tokens in use: {error}",
+                count=len(current.grants),
+                error=str(e),
+            )
+            return False
+        self.hub.apply_access(replace(current, grants=grants))
+        self._log.info(
+            "Reloaded {count} tokens from {path}", count=len(grants), path=str(current.source)
+        )
+        return True
 
     def reload_schemas(self) -> bool:
         """
@@ -515,6 +581,11 @@ def build_service(
         store = SqliteStore(
             options.state_dir, settings.history_messages, settings.history_bytes, clock
         )
+    access = Access(
+        load_tokens(options.tokens_file) if options.tokens_file else (),
+        options.allowed_origins,
+        options.tokens_file,
+    )
     hub = Hub(
         catalog,
         settings,
@@ -522,6 +593,7 @@ def build_service(
         fanout=prepared_fanout,
         store=store,
         log_broadcasts=options.log_level == "debug",
+        access=access,
     )
     settlement = SettlementState(clock)
     hub.add_observer(settlement.observe)
@@ -540,9 +612,16 @@ def build_service(
             http_endpoint = serverFromString(reactor, options.http_endpoint)
         except (ValueError, TypeError, KeyError, OSError) as e:
             raise ConfigurationError(f"bad --http-port {options.http_endpoint!r}: {e}") from None
-        site = build_site(hub, settlement, lambda: listener.port_number, clock)
+        site = build_site(
+            hub,
+            settlement,
+            lambda: listener.port_number,
+            clock,
+            metrics=metrics_registry(hub, factory, lambda: service.reloads),
+        )
         web = Listener(http_endpoint, options.http_endpoint, site)
         web.what = "page and /health"
+        factory.page_port = lambda: web.port_number
         web.setName("http")
         web.setServiceParent(service)
     return service

@@ -14,20 +14,21 @@ the page does not need.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.pages import forbidden, notFound
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
+from zope.interface import implementer
 
 from telemetry_service import __version__
 from telemetry_service.hub import Hub
@@ -87,7 +88,8 @@ class _JSONResource(Resource):
 
 class HealthResource(_JSONResource):
     """
-    C{GET /health}: 200 with the hub's counts while it runs.
+    C{GET /health}: 200 with the hub's counts while it runs; with tokens configured, only
+    whether it is well (the counts are for viewers, at /metrics).
     """
 
     def __init__(self, hub: Hub) -> None:
@@ -97,6 +99,10 @@ class HealthResource(_JSONResource):
     def body(self) -> dict[str, Any]:
         hub = self._hub
         degraded = getattr(hub.store, "degraded", None)
+        if degraded == "closed":
+            degraded = None
+        if hub.access.grants:
+            return {"status": "degraded" if degraded else "ok", "version": __version__}
         return {
             "status": "degraded" if degraded else "ok",
             "store": {"kind": type(hub.store).__name__, "degraded": degraded},
@@ -135,6 +141,150 @@ class ListResource(_JSONResource):
 
     def body(self) -> list[dict[str, Any]]:
         return self._items()
+
+
+def _viewer_may_read(hub: Hub, request: Request) -> bool:
+    """
+    Where viewer tokens are configured, what dashboards read over HTTP needs one too (an
+    C{Authorization: Bearer} header, or C{?token=} for a browser).
+    """
+    access = hub.access
+    if not access.reading_needs_a_token:
+        return True
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if not token:
+        tokens = request.args.get(b"token") or [b""]
+        token = tokens[0].decode("utf-8", "replace")
+    grant = access.authenticate(token) if token else None
+    return grant is not None and grant.role == "viewer"
+
+
+class _Guarded(Resource):
+    """
+    A resource that answers 401 unless the request may read (see L{_viewer_may_read}).
+    """
+
+    def __init__(self, hub: Hub, inner: Resource) -> None:
+        super().__init__()
+        self._hub = hub
+        self._inner = inner
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        if not _viewer_may_read(self._hub, request):
+            return _Unauthorized()
+        return self._inner.getChildWithDefault(path, request)
+
+    def render(self, request: Any) -> bytes:
+        if not _viewer_may_read(self._hub, request):
+            return _Unauthorized().render(request)
+        result: bytes = self._inner.render(request)
+        return result
+
+
+class _Unauthorized(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b'Bearer realm="telemetry-hub"')
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error":"a viewer token is needed"}'
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics}: Prometheus' text format.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: Any) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        result: bytes = generate_latest(self._registry)
+        return result
+
+
+@implementer(IPullProducer)
+class _JSONArrayProducer:
+    """
+    Writes C{[a,b,...]} from serialized items as the client reads, a chunk at a time, so a
+    big network's list is never held whole in memory.
+    """
+
+    def __init__(self, request: Request, items: Iterator[bytes]) -> None:
+        self._request = request
+        self._items = items
+        self._first = True
+
+    def resumeProducing(self) -> None:
+        parts: list[bytes] = []
+        size = 0
+        exhausted = True
+        for item in self._items:
+            parts.append(item)
+            size += len(item)
+            if size >= 64 * 1024:
+                exhausted = False
+                break
+        if parts:
+            self._request.write((b"[" if self._first else b",") + b",".join(parts))
+            self._first = False
+        if exhausted:
+            self._request.write(b"[]" if self._first else b"]")
+            self._request.unregisterProducer()
+            self._request.finish()
+
+    def stopProducing(self) -> None:
+        self._items = iter(())
+
+
+class NodesResource(Resource):
+    """
+    C{GET /api/nodes}: the latest NODE_STATUS of every known node, with C{online}, in
+    first-report order, as a dashboard gets them on connect; C{GET /api/nodes/NODE_ID}: one.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return _OneNode(self._hub, path.decode("utf-8", "replace"))
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        hub = self._hub
+        payloads = (hub.node_status(n) for n in hub.node_ids)
+        producer = _JSONArrayProducer(request, (p for p in payloads if p is not None))
+        request.registerProducer(producer, False)
+        return NOT_DONE_YET
+
+
+class _OneNode(Resource):
+    isLeaf = True
+
+    def __init__(self, hub: Hub, node_id: str) -> None:
+        super().__init__()
+        self._hub = hub
+        self._node_id = node_id
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        status = self._hub.node_status(self._node_id)
+        if status is None:
+            request.setResponseCode(404)
+            return b'{"error":"no such node"}'
+        return status
 
 
 class _HardenedRequest(Request):
@@ -185,7 +335,9 @@ class _DeadlineChannel(http.HTTPChannel):
             self._stop_deadline()
             transport: Any = self.transport
             transport.write(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n"
+                b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"
+                b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n\r\n"
             )
             transport.loseConnection()
             return
@@ -270,19 +422,24 @@ def build_site(
     settlement: SettlementState,
     websocket_port: Callable[[], int | None],
     clock: IReactorTime,
+    metrics: Any = None,
 ) -> Site:
     """
     @param websocket_port: returns the WebSocket listener's port number, or None.
+    @param metrics: the Prometheus registry served at /metrics.
     """
     root = _StaticFiles(str(WEB_DIR))
     root.indexNames = ["index.html"]
     root.putChild(b"health", HealthResource(hub))
     root.putChild(b"config.json", ConfigResource(websocket_port))
+    if metrics is not None:
+        root.putChild(b"metrics", _Guarded(hub, MetricsResource(metrics)))
     api = _Folder()
+    api.putChild(b"nodes", NodesResource(hub))
     api.putChild(b"balances", ListResource(settlement.balances))
     api.putChild(b"channels", ListResource(settlement.channels))
     settlements = _Folder()
     settlements.putChild(b"recent", ListResource(settlement.recent_settlements))
     api.putChild(b"settlements", settlements)
-    root.putChild(b"api", api)
+    root.putChild(b"api", _Guarded(hub, api))
     return HubSite(root, clock, websocket_port)

@@ -21,16 +21,29 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from telemetry_service import internals
+from telemetry_service.auth import Grant
 from telemetry_service.config import Settings
-from telemetry_service.errors import GOING_AWAY, INVALID_PAYLOAD, TOO_SLOW, ConfigurationError
+from telemetry_service.errors import (
+    GOING_AWAY,
+    TOO_SLOW,
+    ConfigurationError,
+    shorten,
+)
 from telemetry_service.hub import Hub, Peer, Stream
+from telemetry_service.internals import (
+    FastPaths,
+    is_direct,
+    take_simple_frames,
+    write_around_buffer,
+)
 from telemetry_service.ratelimit import TokenBucket
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -46,18 +59,6 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
-
-
-def _unmask(data: bytes, start: int, end: int, mask: bytes) -> bytes:
-    """
-    XOR C{data[start:end]} with the 4-byte C{mask}, as one big-integer operation.
-    """
-    length = end - start
-    if length == 0 or mask == b"\x00\x00\x00\x00":
-        return data[start:end]
-    key = (mask * ((length >> 2) + 1))[:length]
-    value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")
-    return value.to_bytes(length, "little")
 
 
 class _QueuedStream:
@@ -154,13 +155,17 @@ class WebSocketPeer:
         limit: int,
         batcher: WriteBatcher | None = None,
         budget: OutboundBudget | None = None,
+        direct_writes: bool = True,
     ) -> None:
+        """
+        @param direct_writes: whether the fast write path may be used (see internals).
+        """
         self._protocol = protocol
         self._transport: Any = protocol.transport
         # plain TCP and UNIX sockets only: a TLS transport must encrypt what it sends
         # plain TCP and UNIX sockets are written around Twisted's buffer (see WriteBatcher);
         # a TLS transport must encrypt what it sends, so it gets Twisted's own write
-        self._direct = isinstance(self._transport, tcp.Connection) and not self._transport.TLS
+        self._direct = direct_writes and is_direct(self._transport)
         self._batcher = batcher
         # makes what the store holds durable before a frame goes out (see MessageStore)
         self._before_send = batcher.before_send if batcher is not None else _nothing
@@ -259,21 +264,10 @@ class WebSocketPeer:
         if not frames or self._protocol.state != _OPEN:
             return
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        transport = self._transport
-        if (
-            not self._direct
-            or transport._tempDataBuffer
-            or transport.dataBuffer
-            or not transport.connected
-            or transport._writeDisconnected
-        ):
-            transport.write(data)
-            return
-        sent = transport.writeSomeData(data)
-        if not isinstance(sent, int):  # the connection is gone: let Twisted's own path see it
-            transport.write(data)
-        elif sent < len(data):
-            transport.write(data[sent:])
+        if self._direct:
+            write_around_buffer(self._transport, data)
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
         """
@@ -439,6 +433,8 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
     #: refused at the handshake
     _refusal: tuple[int, str] | None = None
     _counted_as: str | None = None
+    #: what the token presented at the handshake allows
+    _grant: Grant | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -461,6 +457,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         if self._refusal is not None:
             status, reason = self._refusal
             raise ConnectionDeny(status, reason)
+        self._grant = self.factory.admit_request(request)
 
     def onOpen(self) -> None:
         # Autobahn keeps the whole opening handshake on every connection (about 1 KiB); it
@@ -471,9 +468,9 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         self.http_status_line = ""
         factory = self.factory
         self._hub_peer = WebSocketPeer(
-            self, factory.max_queued_bytes, factory.batcher, factory.budget
+            self, factory.max_queued_bytes, factory.batcher, factory.budget, factory.fast.writes
         )
-        self.factory.hub.connection_opened(self._hub_peer)
+        self.factory.hub.connection_opened(self._hub_peer, self._grant)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         peer = self._hub_peer
@@ -495,58 +492,15 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         Take every whole, simple data frame at the front of the buffer, then let Autobahn
         handle what is left (control frames, fragments, long or partial frames, errors).
         """
-        if self.state == _OPEN and self.current_frame is None and not self.inside_message:
-            self._take_simple_frames()
+        if self.factory.fast.frames:
+            take_simple_frames(self)
         result: bool = super().processData()
         return result
-
-    def _take_simple_frames(self) -> None:
-        data: bytes = self.data
-        size = len(data)
-        limit = self.maxMessagePayloadSize or 65535
-        pos = 0
-        try:
-            while size - pos >= 6 and self.state == _OPEN:
-                b0, b1 = data[pos], data[pos + 1]
-                opcode = b0 & 0x0F
-                # FIN set, no RSV bits, text (1) or binary (2), masked as clients must
-                if b0 & 0xF0 != 0x80 or opcode not in (1, 2) or not b1 & 0x80:
-                    return
-                length = b1 & 0x7F
-                if length < 126:
-                    start = pos + 6
-                elif length == 126:
-                    if size - pos < 8:
-                        return
-                    length = (data[pos + 2] << 8) | data[pos + 3]
-                    start = pos + 8
-                else:
-                    return
-                end = start + length
-                if length > limit or end > size:
-                    return  # too big: Autobahn closes with 1009; partial: wait for more
-                payload = _unmask(data, start, end, data[start - 4 : start])
-                pos = end
-                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                    # any data frame proves the peer alive, as in Autobahn's own path
-                    self._cancelAutoPingTimeoutCall()
-                if opcode == 1 and not payload.isascii():
-                    try:
-                        payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        self._fail_connection(
-                            INVALID_PAYLOAD, "received text message is not valid UTF-8"
-                        )
-                        return
-                self.onMessage(payload, opcode == 2)
-        finally:
-            # consumed frames leave the buffer once, not one copy per frame
-            if pos:
-                self.data = data[pos:]
 
     def too_slow(self, limit: int, why: str | None = None) -> None:
         if self.state != _OPEN:
             return
+        self.factory.closes["global_budget" if why else "slow_reader"] += 1
         self._log.warn(
             "Closing {peer} with {code}: {why}",
             peer=self.peer,
@@ -569,6 +523,7 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
 
     def send_failed(self, failure: Failure, doing: str) -> None:
+        self.factory.closes["send_failed"] += 1
         self._log.failure(
             "Sending to {peer} failed {doing}; closing that connection only",
             failure,
@@ -623,13 +578,22 @@ class TelemetryServerFactory(WebSocketServerFactory):
         settings: Settings,
         clock: IReactorTime | None = None,
         before_send: Callable[[], None] | None = None,
+        fast_paths: FastPaths | None = None,
     ) -> None:
         """
         @param clock: runs the write batching; without one, frames go to C{transport.write}.
         @param before_send: called before any frame goes out: the store's commit.
+        @param fast_paths: which fast paths to use (default: what L{internals.check} finds).
         """
         super().__init__()
         self.hub = hub
+        self.fast = fast_paths if fast_paths is not None else internals.check()
+        if self.fast.missing:
+            self._log.warn(
+                "Using the public (slower) paths: this version of Autobahn or Twisted lacks "
+                "what the fast ones use: {missing}",
+                missing="; ".join(self.fast.missing),
+            )
         self.batcher = WriteBatcher(clock, before_send) if clock is not None else None
         self.max_queued_bytes = settings.max_queued_bytes
         self.budget = OutboundBudget(settings.max_total_queued_bytes)
@@ -638,7 +602,16 @@ class TelemetryServerFactory(WebSocketServerFactory):
         self._max_per_address = settings.max_connections_per_address
         self._per_address: dict[str, int] = {}
         #: connections refused at the handshake, by reason
-        self.refused: dict[str, int] = {"total": 0, "per_address": 0}
+        self.refused: dict[str, int] = {
+            "total": 0,
+            "per_address": 0,
+            "unauthorized": 0,
+            "origin": 0,
+        }
+        #: connections the hub closed for what they cost, by why
+        self.closes: dict[str, int] = {"slow_reader": 0, "global_budget": 0, "send_failed": 0}
+        #: the HTTP port of the hub's own page, whose origin may always connect
+        self.page_port: Callable[[], int | None] = lambda: None
         # refusals are logged at most once a second, with a count of the rest
         self._refusal_log = TokenBucket(clock or _reactor_clock(), 1.0, 5)
         # One limit for the frame: a batch may be up to max_batch_bytes; the hub holds a
@@ -676,6 +649,47 @@ class TelemetryServerFactory(WebSocketServerFactory):
             )
         return None
 
+    def admit_request(self, request: Any) -> Grant | None:
+        """
+        Check a handshake's origin and token against the hub's access rules.
+
+        @return: what its token allows (None: it presented none).
+        @raise ConnectionDeny: 403 for a foreign origin, 401 for a wrong or missing token.
+        """
+        access = self.hub.access
+        origin = request.headers.get("origin")
+        if not access.origin_allowed(origin, self._own_origins(request.host)):
+            raise ConnectionDeny(
+                *self._refuse("origin", 403, f"origin {shorten(origin, 100)} is not allowed")
+            )
+        token = _bearer(request.headers.get("authorization"))
+        if token is None:
+            tokens = request.params.get("token") or [None]
+            token = tokens[0]
+        if token is not None:
+            grant = access.authenticate(token)
+            if grant is None:
+                raise ConnectionDeny(*self._refuse("unauthorized", 401, "unknown token"))
+            return grant
+        if access.publishing_needs_a_token and access.reading_needs_a_token:
+            raise ConnectionDeny(
+                *self._refuse("unauthorized", 401, "this hub needs a connector or viewer token")
+            )
+        return None
+
+    def _own_origins(self, host: str | None) -> tuple[str, ...]:
+        port = self.page_port()
+        if not host or port is None:
+            return ()
+        hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 or "]" in host else host
+        hostname = hostname.lower()
+        origins = [f"http://{hostname}:{port}", f"https://{hostname}:{port}"]
+        if port == 80:
+            origins.append(f"http://{hostname}")
+        if port == 443:
+            origins.append(f"https://{hostname}")
+        return tuple(origins)
+
     def leave(self, protocol: TelemetryServerProtocol, address: str | None) -> None:
         if protocol not in self.connections:
             return
@@ -698,6 +712,12 @@ class TelemetryServerFactory(WebSocketServerFactory):
                 suppressed=self._refusal_log.take_suppressed(),
             )
         return status, reason
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
 
 
 def _address_key(transport: Any) -> str:

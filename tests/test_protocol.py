@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from telemetry_service.config import Settings
 from telemetry_service.hub import Hub, Role
+from telemetry_service.internals import PUBLIC_ONLY, FastPaths
 from telemetry_service.schemas import SchemaCatalog
 from telemetry_service.websocket import (
     TelemetryServerFactory,
@@ -97,11 +98,21 @@ class Connected:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
+#: every protocol test runs on the fast paths, and on the public ones they fall back to when
+#: a library's internals change (see telemetry_service.internals)
+@pytest.fixture(params=[None, PUBLIC_ONLY], ids=["fast", "public"])
+def paths(request: Any) -> FastPaths | None:
+    result: FastPaths | None = request.param
+    return result
+
+
 @pytest.fixture
-def parts(catalog: SchemaCatalog) -> Iterator[tuple[Hub, TelemetryServerFactory, list[Connected]]]:
+def parts(
+    catalog: SchemaCatalog, paths: FastPaths | None
+) -> Iterator[tuple[Hub, TelemetryServerFactory, list[Connected]]]:
     settings = Settings()
     hub = Hub(catalog, settings, Clock(), prepared_fanout)
-    factory = TelemetryServerFactory(hub, settings)
+    factory = TelemetryServerFactory(hub, settings, fast_paths=paths)
     connections: list[Connected] = []
     yield hub, factory, connections
     for c in connections:  # cancels Autobahn's timers, which live on the global reactor
@@ -201,18 +212,20 @@ def test_a_bug_in_the_hub_costs_one_message_not_the_connection(
 # -- the fast path for simple data frames, and what it leaves to Autobahn
 
 
-def fresh(catalog: SchemaCatalog, **settings: Any) -> tuple[Hub, TelemetryServerFactory]:
+def fresh(
+    catalog: SchemaCatalog, paths: FastPaths | None = None, **settings: Any
+) -> tuple[Hub, TelemetryServerFactory]:
     s = Settings(**settings)
     hub = Hub(catalog, s, Clock(), prepared_fanout)
-    return hub, TelemetryServerFactory(hub, s)
+    return hub, TelemetryServerFactory(hub, s, fast_paths=paths)
 
 
 @pytest.fixture
-def made(catalog: SchemaCatalog) -> Iterator[Any]:
+def made(catalog: SchemaCatalog, paths: FastPaths | None) -> Iterator[Any]:
     connections: list[Connected] = []
 
     def make(**settings: Any) -> tuple[Hub, Connected, Connected]:
-        hub, factory = fresh(catalog, **settings)
+        hub, factory = fresh(catalog, paths, **settings)
         sender, listener = Connected(factory), Connected(factory)
         connections.extend((sender, listener))
         return hub, sender, listener
@@ -404,7 +417,7 @@ def batched_peer(transport: FakeTCP) -> tuple[Any, Clock]:
 @pytest.fixture
 def tcp_like(monkeypatch: Any) -> None:
     # let FakeTCP pass the "plain TCP transport" check
-    import telemetry_service.websocket as module
+    import telemetry_service.internals as module
 
     monkeypatch.setattr(module.tcp, "Connection", FakeTCP)
 
@@ -725,3 +738,26 @@ def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> No
     events.clear()
     peer.send_stream(ListStream(iter([b"{}"])))  # a snapshot, written at once
     assert events[0] == "commit"
+
+
+# -- the library internals the fast paths use
+
+
+def test_the_installed_libraries_have_what_the_fast_paths_use() -> None:
+    from telemetry_service.internals import check
+
+    assert check() == FastPaths(True, True, ())
+
+
+def test_a_library_without_an_internal_gets_the_public_path_and_one_warning(
+    catalog: SchemaCatalog, monkeypatch: Any, logs: Any
+) -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from twisted.internet import tcp
+
+    monkeypatch.delattr(WebSocketProtocol, "_cancelAutoPingTimeoutCall")
+    monkeypatch.setattr(tcp.Connection, "TLS", None)  # another shape
+    _, factory = fresh(catalog)
+    assert (factory.fast.frames, factory.fast.writes) == (False, False)
+    (warning,) = logs.matching("public (slower) paths", "warn")
+    assert "_cancelAutoPingTimeoutCall" in warning and "TLS" in warning

@@ -43,7 +43,8 @@ async def test_valid_telemetry_is_accepted_without_warnings(start: Start, logs: 
     await settle(0.1)
     assert hub.hub.stats.accepted == 1
     assert logs.matching("Connector registered: connector-a")
-    assert logs.texts("warn") == []
+    # the one warning is the start-up's: the hub is open to anyone (no tokens, no origins)
+    assert [t for t in logs.texts("warn") if "No tokens and no origin list" not in t] == []
     assert await connector.quiet(0.1) == []  # nothing comes back to a good connector
 
 

@@ -299,7 +299,11 @@ async function connect() {
     return;
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.hostname}:${port}/`);
+  // a viewer token, where the hub needs one, comes in the page's own URL (?token=...):
+  // browsers cannot set headers on a WebSocket, so it goes on as a query parameter
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  socket = new WebSocket(`${scheme}://${location.hostname}:${port}/${query}`);
   socket.onopen = () => {
     attempt = 0;
     state.connected = true;

@@ -1,0 +1,145 @@
+"""
+C{telemetry-validate SCHEMA_DIR [MESSAGE_FILE ...]}: check an edited schema folder, and
+sample messages against it, offline, before the hub is told to reload (SIGHUP).
+
+The folder is loaded exactly as the hub loads it, and each message is parsed and validated
+exactly as the hub does it, so the verdicts and the error text are the hub's own. A message
+file holds one JSON message, a C{{"batch": [...]}} as connectors send it, a JSON array of
+messages, or one message per line; C{-} reads standard input.
+
+Exit status: 0 when the folder and every message pass, 1 when a message is refused, 2 when
+the folder or a file cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from telemetry_service.codec import decode
+from telemetry_service.config import Settings
+from telemetry_service.errors import ConfigurationError, Rejection
+from telemetry_service.schemas import SchemaCatalog
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="telemetry-validate",
+        description="Check a schema folder, and messages against it, as the hub would.",
+    )
+    parser.add_argument("schemas", type=Path, help="the schema folder")
+    parser.add_argument(
+        "messages", nargs="*", help="files of messages to check against it (- for stdin)"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only what is refused, and the summary"
+    )
+    return parser.parse_args(argv)
+
+
+def messages_in(name: str, text: str) -> Iterator[tuple[str, bytes]]:
+    """
+    (where, payload) for every message in a file's text, as the hub would receive it.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return
+    if stripped.startswith("["):
+        import json
+
+        try:
+            items = json.loads(stripped)
+        except ValueError:
+            yield f"{name}", stripped.encode()
+            return
+        for index, item in enumerate(items):
+            yield f"{name}[{index}]", json.dumps(item).encode()
+        return
+    lines = [line for line in text.splitlines() if line.strip()]
+    whole_is_one = len(lines) > 1 and not all(line.lstrip().startswith("{") for line in lines)
+    if len(lines) == 1 or whole_is_one or _is_one_document(stripped):
+        yield name, stripped.encode()
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            yield f"{name}:{number}", line.strip().encode()
+
+
+def _is_one_document(text: str) -> bool:
+    import json
+
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def verdicts(catalog: SchemaCatalog, payload: bytes, max_depth: int) -> Iterator[dict[str, Any]]:
+    """
+    What the hub says to one message (or to each event of a batch): C{{"ok": True, "type"}}
+    or the error frame the hub would send.
+    """
+    try:
+        message = decode(payload, max_depth)
+    except Rejection as rejection:
+        yield rejection.to_frame()
+        return
+    batch = message.get("batch") if "type" not in message else None
+    events: list[Any] = batch if isinstance(batch, list) else [message]
+    for index, event in enumerate(events):
+        try:
+            if not isinstance(event, dict):
+                raise Rejection("NOT_AN_OBJECT", "a batch event must be a JSON object")
+            message_type = catalog.validate(event)
+        except Rejection as rejection:
+            if batch is not None:
+                rejection.extra["index"] = index
+            yield rejection.to_frame()
+            continue
+        result: dict[str, Any] = {"ok": True, "type": message_type}
+        if batch is not None:
+            result["index"] = index
+        yield result
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        catalog = SchemaCatalog.load(args.schemas)
+    except ConfigurationError as e:
+        print(f"telemetry-validate: {e}", file=err)
+        return 2
+    print(f"{args.schemas}: {len(catalog.types)} message types, all valid", file=out)
+    max_depth = Settings().max_depth
+    checked = refused = 0
+    for name in args.messages:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"telemetry-validate: cannot read {name}: {e}", file=err)
+            return 2
+        for where, payload in messages_in(name, text):
+            for verdict in verdicts(catalog, payload, max_depth):
+                checked += 1
+                at = where if "index" not in verdict else f"{where} event {verdict['index']}"
+                if verdict.get("ok"):
+                    if not args.quiet:
+                        print(f"{at}: accepted {verdict['type']}", file=out)
+                    continue
+                refused += 1
+                print(f"{at}: refused {verdict['reason']}: {verdict['detail']}", file=out)
+    if args.messages:
+        print(f"{checked} checked, {checked - refused} accepted, {refused} refused", file=out)
+    return 1 if refused else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    raise SystemExit(run(args, sys.stdout, sys.stderr))
+
+
+if __name__ == "__main__":
+    main()
