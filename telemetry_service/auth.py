@@ -67,14 +67,14 @@ class Access:
     #: None: every origin may connect (the default); else glob patterns of origins
     origins: tuple[str, ...] | None = None
     source: Path | None = None
+    #: worked out once: the hub asks for every message
+    publishing_needs_a_token: bool = field(init=False)
+    reading_needs_a_token: bool = field(init=False)
 
-    @property
-    def publishing_needs_a_token(self) -> bool:
-        return any(g.role == CONNECTOR for g in self.grants)
-
-    @property
-    def reading_needs_a_token(self) -> bool:
-        return any(g.role == VIEWER for g in self.grants)
+    def __post_init__(self) -> None:
+        roles = {g.role for g in self.grants}
+        object.__setattr__(self, "publishing_needs_a_token", CONNECTOR in roles)
+        object.__setattr__(self, "reading_needs_a_token", VIEWER in roles)
 
     @property
     def is_open(self) -> bool:

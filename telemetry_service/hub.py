@@ -54,8 +54,8 @@ RESUME = "RESUME"
 HUB_EVENTS = frozenset({NODE_PRESENCE})
 #: the nodeId the real connector's settlement monitor sends when it was built without one.
 #: It names no node: such an event is accepted from any connector, attributed to the
-#: connection's own node (C{sourceNodeId}), and never binds a connection or enters the
-#: replay cache.
+#: connection's own node (C{sourceNodeId}, as for events with no nodeId at all), and never
+#: binds a connection or enters the replay cache.
 PLACEHOLDER_NODE_ID = "unknown"
 
 #: messages read from the store at a time while a resume is sent: few, since each may be
@@ -371,7 +371,7 @@ class Hub:
             messages = connection.messages = TokenBucket(
                 self._clock, s.messages_per_second, s.messages_burst
             )
-        if not messages.allow():
+        if not messages.allow_lazily():
             self._rate_limited(connection, None, is_binary)
             return
         try:
@@ -602,8 +602,7 @@ class Hub:
         self, connection: Connection, message_type: str, message: dict[str, Any]
     ) -> None:
         node_id = message.get("nodeId")
-        placeholder = node_id == PLACEHOLDER_NODE_ID
-        if not isinstance(node_id, str) or placeholder:
+        if not isinstance(node_id, str) or node_id == PLACEHOLDER_NODE_ID:
             node_id = None
         if connection.role is Role.DASHBOARD:
             raise Rejection(
@@ -613,7 +612,7 @@ class Hub:
                 messageType=message_type,
             )
         grant = connection.grant
-        if not self._may_publish(connection):
+        if (grant.role != CONNECTOR) if grant is not None else self.access.publishing_needs_a_token:
             raise Rejection(
                 UNAUTHORIZED,
                 "a viewer token cannot publish"
@@ -645,7 +644,10 @@ class Hub:
                 f"not {shorten(node_id, 64)!r}",
                 messageType=message_type,
             )
-        if placeholder and connection.node_id is not None:
+        if node_id is None and connection.node_id is not None:
+            # an event naming no node of its own (the agent wallet events, the placeholder)
+            # says which connection's node it came from: dashboards can tell, and the
+            # history attributes it from the message alone
             message["sourceNodeId"] = connection.node_id
         stats = self.stats
         stats.accepted += 1

@@ -36,6 +36,17 @@ class TokenBucket:
         self.suppressed += 1
         return False
 
+    def allow_lazily(self) -> bool:
+        """
+        As L{allow}, but the clock is read only when the tokens run out (once per burst,
+        not once per event): for the per-message path. It may grant up to one burst more
+        over a stretch of time than L{allow} would.
+        """
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return self.allow()
+
     def take(self, count: int) -> int:
         """
         Take up to C{count} tokens at once; return how many were granted (the rest count as

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from twisted.internet.defer import Deferred, succeed
+
 
 def new_epoch() -> str:
     return secrets.token_hex(8)
@@ -91,7 +93,7 @@ class MessageStore(Protocol):
         Keep C{payload} as the node's latest status (C{None}: the node was forgotten).
         """
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """
         Make everything durable and let go of the store: the hub has stopped.
         """
@@ -127,6 +129,7 @@ class MemoryStore:
         self._slots: list[Entry | None] = [None] * min(max_messages, 1024)
         self._start = 0  # slot of the oldest entry
         self._count = 0
+        self._newest_start = 0  # ring offset of the newest entry
         self._bytes = 0
         self._last_seq = last_seq
         self._epoch = epoch or new_epoch()
@@ -176,61 +179,69 @@ class MemoryStore:
             self._pop_oldest()
 
     def append(self, message: StoredMessage) -> None:
-        if message.seq != self._last_seq + 1:
-            raise ValueError(f"seq {message.seq} does not follow {self._last_seq}")
-        self._last_seq = message.seq
-        length = len(message.payload)
+        seq = message.seq
+        if seq != self._last_seq + 1:
+            raise ValueError(f"seq {seq} does not follow {self._last_seq}")
+        self._last_seq = seq
+        payload = message.payload
+        length = len(payload)
         # an empty payload still takes one byte, so that every entry has its own offset
-        room = max(length, 1)
-        if room > self._capacity:
+        room = length or 1
+        capacity = self._capacity
+        if room > capacity:
             # cannot be held: the history now starts after it
             self._clear()
             return
-        start = self._make_room(room)
-        if self._count >= self._max_messages:
-            self._pop_oldest()
-        elif self._count == len(self._slots):
+        # Evict the oldest entries until the payload fits (this runs for every message
+        # once the history is full, so it is written out here rather than in calls). Held
+        # bytes run from the oldest entry's offset (the head) to the tail, wrapping past
+        # the end of the ring at most once; a write that would not fit before the end
+        # starts again at 0, leaving the end unused.
+        slots, oldest, count = self._slots, self._start, self._count
+        size, tail, newest = len(slots), self._tail, self._newest_start
+        freed = 0
+        while True:
+            if not count:
+                at = tail if tail + room <= capacity else 0
+                break
+            head = slots[oldest][0]  # type: ignore[index]
+            if newest >= head:  # no wrap: free space is [tail, end) and [0, head)
+                if tail + room <= capacity:
+                    at = tail
+                    break
+                if room <= head:
+                    at = 0
+                    break
+            elif tail + room <= head:  # they wrap: free space is [tail, head)
+                at = tail
+                break
+            freed += slots[oldest][1]  # type: ignore[index]
+            slots[oldest] = None
+            oldest = oldest + 1 if oldest + 1 < size else 0
+            count -= 1
+        if count >= self._max_messages:
+            freed += slots[oldest][1]  # type: ignore[index]
+            slots[oldest] = None
+            oldest = oldest + 1 if oldest + 1 < size else 0
+            count -= 1
+        self._start, self._count = oldest, count
+        self._bytes -= freed
+        if count == size:
             self._grow()
-        self._ring[start : start + length] = message.payload
-        self._tail = start + room
-        slots = self._slots
-        slots[(self._start + self._count) % len(slots)] = (
-            start,
-            length,
-            message.type,
-            message.node_id,
-        )
-        self._count += 1
+            slots, oldest, size = self._slots, self._start, len(self._slots)
+        self._ring[at : at + length] = payload
+        index = oldest + count
+        slots[index if index < size else index - size] = (at, length, message.type, message.node_id)
+        self._count = count + 1
         self._bytes += length
+        self._tail = at + room
+        self._newest_start = at
 
     def _grow(self) -> None:
         slots, start = self._slots, self._start
         size = min(self._max_messages, 2 * len(slots))
         self._slots = slots[start:] + slots[:start] + [None] * (size - len(slots))
         self._start = 0
-
-    def _make_room(self, length: int) -> int:
-        """
-        Evict the oldest entries until C{length} bytes fit; return where they go.
-
-        Held bytes run from the oldest entry's offset (the head) to C{_tail}, wrapping past
-        the end of the ring at most once; a write that would not fit before the end starts
-        again at 0, leaving the end unused.
-        """
-        tail, capacity = self._tail, self._capacity
-        while self._count:
-            head = self._entry(0)[0]
-            # the held bytes wrap when the newest entry starts before the oldest one
-            if self._entry(self._count - 1)[0] >= head:
-                # no wrap: free space is [tail, end) and [0, head)
-                if tail + length <= capacity:
-                    return tail
-                if length <= head:
-                    return 0
-            elif tail + length <= head:  # they wrap: free space is [tail, head)
-                return tail
-            self._pop_oldest()
-        return tail if tail + length <= capacity else 0
 
     def commit(self) -> None:
         pass
@@ -241,8 +252,8 @@ class MemoryStore:
     def node_status_changed(self, node_id: str, seq: int, payload: bytes | None) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def close(self) -> Deferred[None]:
+        return succeed(None)
 
     def after(self, seq: int, limit: int) -> Sequence[StoredMessage] | None:
         if seq > self._last_seq or seq < 0:

@@ -7,10 +7,11 @@ L{makeService}, which only builds objects and connects them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,7 @@ class TelemetryHubService(MultiService):
         self._summary = summary
         self._reactor = reactor
         self._stopping = False
+        self._said_starting = False
         #: SIGHUP reloads by outcome, for /metrics
         self.reloads = {"schemas_ok": 0, "schemas_failed": 0, "tokens_ok": 0, "tokens_failed": 0}
 
@@ -435,6 +437,22 @@ class TelemetryHubService(MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        # twistd calls this first; twist goes straight to startService
+        self._starting()
+        with self._one_line_on_failure():
+            super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._starting()
+        with self._one_line_on_failure():
+            super().startService()
+        if self._reactor is not None:
+            self._reactor.callWhenRunning(self._take_over_signals)
+
+    def _starting(self) -> None:
+        if self._said_starting:
+            return
+        self._said_starting = True
         self._log.info(
             "telemetry-hub {version} starting: {count} message types from {schemas}",
             version=__version__,
@@ -453,8 +471,11 @@ class TelemetryHubService(MultiService):
                 viewers=sum(g.role == "viewer" for g in access.grants),
                 origins="any" if access.origins is None else ", ".join(access.origins),
             )
+
+    @contextlib.contextmanager
+    def _one_line_on_failure(self) -> Iterator[None]:
         try:
-            super().privilegedStartService()
+            yield
         except ConfigurationError as e:
             # One clear line and a non-zero exit, not a traceback. twistd has pointed
             # sys.stderr into the log by now, so the line goes to the real stderr too.
@@ -462,17 +483,12 @@ class TelemetryHubService(MultiService):
             print(f"telemetry: {e}", file=sys.__stderr__, flush=True)
             raise SystemExit(1) from None
 
-    def startService(self) -> None:
-        super().startService()
-        if self._reactor is not None:
-            self._reactor.callWhenRunning(self._take_over_signals)
-
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         # the listeners first (every peer gets its 1001), then the store, which nothing
         # writes to any more
         yield super().stopService()
-        self.hub.store.close()
+        yield self.hub.store.close()
 
     def _take_over_signals(self) -> None:
         """
@@ -598,6 +614,8 @@ def build_service(
     settlement = SettlementState(clock)
     hub.add_observer(settlement.observe)
     factory = TelemetryServerFactory(hub, settings, clock, before_send=store.commit)
+    if isinstance(store, SqliteStore) and factory.batcher is not None:
+        store.on_pending = factory.batcher.wake
     service = TelemetryHubService(
         hub=hub,
         observer=make_observer(options.log_level, options.log_format, sys.stdout),

@@ -20,7 +20,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -362,14 +362,25 @@ class WriteBatcher:
         """
         self._clock = clock
         self._marked: list[WebSocketPeer] = []
+        self._scheduled = False
         self.before_send = before_send or _nothing
 
+    def wake(self) -> None:
+        """
+        End this reactor pass with a flush (and a commit of the store), frames or not.
+        """
+        if not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self.flush)
+
     def mark(self, peer: WebSocketPeer) -> None:
-        if not self._marked:
+        if not self._scheduled:
+            self._scheduled = True
             self._clock.callLater(0, self.flush)
         self._marked.append(peer)
 
     def flush(self) -> None:
+        self._scheduled = False
         marked, self._marked = self._marked, []
         self.before_send()
         for peer in marked:
@@ -735,10 +746,13 @@ def _reactor_clock() -> IReactorTime:
     return cast(IReactorTime, reactor)
 
 
-class Listener(Service):
+class Listener(StreamServerEndpointService):
     """
-    Listens on one endpoint from C{privilegedStartService} on; a port that cannot be had
-    raises L{ConfigurationError} at once, naming it.
+    Twisted's endpoint service, with one line naming the port when it cannot be had.
+
+    A port that fails while the service starts (in use, no permission, a bad address) raises
+    L{ConfigurationError} at once, so twistd and twist end with one line on stderr; an
+    endpoint that finishes listening later is simply waited for, and logged when it does.
     """
 
     _log = Logger()
@@ -746,9 +760,10 @@ class Listener(Service):
     what = "server"
 
     def __init__(self, endpoint: Any, description: str, factory: Any) -> None:
-        self._endpoint = endpoint
+        super().__init__(endpoint, factory)
         self._description = description
-        self._factory = factory
+        # As strports.service does: a failure while starting is raised, not only logged.
+        self._raiseSynchronously = True
         self.port: IListeningPort | None = None
 
     @property
@@ -759,33 +774,33 @@ class Listener(Service):
         return number if isinstance(number, int) else None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        outcome: list[Any] = []
-        self._endpoint.listen(self._factory).addBoth(outcome.append)
-        if not outcome:
-            raise ConfigurationError(f"listening on {self._description} did not complete")
-        if isinstance(outcome[0], Failure):
-            raise ConfigurationError(
-                f"cannot listen on {self._description}: {outcome[0].getErrorMessage()}"
-            )
-        self.port = outcome[0]
-        address: Any = self.port.getHost()
-        port = getattr(address, "port", None)
-        where = f"{address.host}:{port}" if port is not None else str(address)
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise ConfigurationError(f"cannot listen on {self._description}: {e}") from None
+        waiting: Any = self._waitingForPort
+        waiting.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
+        if port is None:  # failed after the start, and logged by Twisted
+            return None
+        self.port = port
+        address: Any = port.getHost()
+        number = getattr(address, "port", None)
+        where = f"{address.host}:{number}" if number is not None else str(address)
         self._log.info(
             "Telemetry {what} listening on {address} (port {port})",
             what=self.what,
             address=where,
-            port=port,
+            port=number,
             endpoint=self._description,
         )
+        return port
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
+        yield super().stopService()
+        self.port = None
 
 
 class WebSocketListener(Listener):
@@ -811,7 +826,7 @@ class WebSocketListener(Listener):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         yield super().stopService()
-        factory: TelemetryServerFactory = self._factory
+        factory: TelemetryServerFactory = self.factory
         connections = list(factory.connections)
         if not connections:
             return

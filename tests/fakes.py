@@ -100,11 +100,11 @@ def encode(message: Any) -> bytes:
     return json.dumps(message).encode()
 
 
-HUB_FIELDS = ("seq", "online")
+HUB_FIELDS = ("seq", "online", "sourceNodeId")
 
 
 def telemetry_only(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as their senders sent them: no NODE_PRESENCE, no seq, no online."""
+    """Messages as their senders sent them: no NODE_PRESENCE, none of the fields the hub adds."""
     return [
         {k: v for k, v in m.items() if k not in HUB_FIELDS}
         for m in messages

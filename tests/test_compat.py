@@ -1373,7 +1373,8 @@ def test_every_type_of_the_vocabulary_is_relayed_unchanged(hub: Hub) -> None:
     """
     One connector of node connector-a sends every type of the vocabulary (each envelope
     type, each flat type, events without nodeId among them): a dashboard and a listener
-    receive each once, unchanged, in order, and the connector gets no error frame.
+    receive each once, unchanged, in order (an event without a nodeId of its own with a
+    sourceNodeId added), and the connector gets no error frame.
     """
     envelopes = [
         ex.node_status("connector-a"),
@@ -1397,7 +1398,12 @@ def test_every_type_of_the_vocabulary_is_relayed_unchanged(hub: Hub) -> None:
             connector = await c.connector(*sent)
             for receiver in (dashboard, listener):
                 for message in sent:
-                    assert_relayed(await recv(receiver), message)
+                    # an event naming no node says which connection's node sent it
+                    added = () if "nodeId" in message else ("sourceNodeId",)
+                    received = await recv(receiver)
+                    assert_relayed(received, message, *added)
+                    if added:
+                        assert received["sourceNodeId"] == "connector-a"
             await assert_quiet(connector, dashboard, listener)
 
     run(scenario())

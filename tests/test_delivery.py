@@ -516,9 +516,9 @@ def test_a_placeholder_node_id_is_accepted_and_attributed_to_the_connections_nod
     settlement = {**ex.FLAT_EVENTS["SETTLEMENT_TRIGGERED"], "nodeId": "unknown"}
     send(hub, a, settlement)
     assert a.sent == []  # no error
-    expected = {**settlement, "sourceNodeId": "connector-a"}
-    assert plain.telemetry[-1] == expected
-    assert only_a.telemetry[-1] == expected
+    expected = {**settlement, "sourceNodeId": "connector-a", "seq": 3}
+    assert plain.messages[-1] == expected
+    assert only_a.messages[-1] == expected
     assert "unknown" not in hub.node_ids
     # the placeholder never binds: a first message with it leaves the connection free
     (b,) = opened(hub)
@@ -527,3 +527,15 @@ def test_a_placeholder_node_id_is_accepted_and_attributed_to_the_connections_nod
     assert b.sent == []
     assert hub.live_connectors("connector-b") == 1 and hub.live_connectors("unknown") == 0
     assert "sourceNodeId" not in plain.messages[-2]  # b was not bound yet: nothing to name
+
+
+def test_an_event_naming_no_node_says_which_connections_node_sent_it(hub: Hub) -> None:
+    (a,) = opened(hub)
+    plain = dashboard(hub)
+    only_a = dashboard(hub, {"type": "CLIENT_CONNECT", "filter": {"nodeIds": ["connector-a"]}})
+    send(hub, a, ex.packet_sent("connector-a"))
+    funded = ex.FLAT_EVENTS["AGENT_WALLET_FUNDED"]
+    assert "nodeId" not in funded
+    send(hub, a, funded)
+    assert plain.messages[-1] == {**funded, "sourceNodeId": "connector-a", "seq": 3}
+    assert only_a.messages[-1]["type"] == "AGENT_WALLET_FUNDED"

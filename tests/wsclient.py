@@ -150,7 +150,7 @@ class RunningHub:
 
     @property
     def factory(self) -> Any:
-        return self.listener._factory
+        return self.listener.factory
 
     async def connect(self, path: str = "/") -> WsClient:
         client = await connect(self.port, path)
