@@ -5,18 +5,20 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY telemetry_service ./telemetry_service
 COPY twisted ./twisted
 COPY schemas ./schemas
-RUN python -m pip install --no-cache-dir build \
- && python -m build --wheel --outdir /dist
+RUN python -m pip install --no-cache-dir -c constraints.txt build \
+ && python -m build --wheel --outdir /dist \
+ && cp constraints.txt /dist/
 
 FROM python:3.11-slim
 COPY --from=build /dist/ /tmp/dist/
+# Dependencies in the exact versions the test suite passed with (constraints.txt).
 # The plugin cache (twisted/plugins/dropin.cache) is written now, while root can write it.
 RUN python -m venv /opt/telemetry-hub \
- && /opt/telemetry-hub/bin/pip install --no-cache-dir /tmp/dist/*.whl \
+ && /opt/telemetry-hub/bin/pip install --no-cache-dir -c /tmp/dist/constraints.txt /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
  && /opt/telemetry-hub/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && useradd --system --no-create-home --shell /usr/sbin/nologin telemetry \

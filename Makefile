@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (Python 3.11+, pip and venv are all they need):
 #   make run    install into .venv and start the hub: WebSocket on 9000, page on 8080
 #   make test   install the test tools into .venv and run lint, types and the whole suite
+#   make test-latest   the same against the newest releases (make lock then takes them)
 # and, to see something at once:
 #   make demo   the hub plus a simulated network of connectors; open http://localhost:8080/
 
@@ -13,7 +14,7 @@ NODES  ?= 6
 TOPOLOGY ?= linear
 RATE   ?= 10
 
-.PHONY: run demo test lint typecheck pytest clean
+.PHONY: run demo test lint typecheck pytest clean test-latest lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +22,13 @@ $(BIN)/python:
 
 # The package is installed in editable mode, so source edits take effect on the next start;
 # the test suite separately builds the real wheel and runs it from a fresh virtualenv.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Every dependency comes in the exact version the suite passed with (constraints.txt).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -54,5 +56,25 @@ typecheck: $(VENV)/.installed-test
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
 
+# Try an upgrade before taking it: the whole suite against the newest releases of every
+# dependency, in a virtualenv of its own. If it passes, 'make lock' takes those versions.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[test]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^telemetry-hub' \
+	    | sort -f | diff constraints.txt - | grep '^[<>]' || true
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest
+
+lock:
+	test -x $(LATEST)/bin/python || { echo "run 'make test-latest' first"; exit 1; }
+	{ sed -n '1,2p' constraints.txt; $(LATEST)/bin/python -m pip freeze --exclude-editable \
+	    | grep -v '^telemetry-hub' | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,14 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
     bin_dir = venv / "bin"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(bin_dir / "pip"), "install", "--quiet", str(wheel)],
+        [
+            str(bin_dir / "pip"),
+            "install",
+            "--quiet",
+            "-c",
+            str(REPO / "constraints.txt"),
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
@@ -104,13 +111,14 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
 def test_dockerfile_uses_the_steps_tested_above() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert BUILD_WHEEL in dockerfile
-    assert "pip install --no-cache-dir /tmp/dist/*.whl" in dockerfile
+    assert "pip install --no-cache-dir -c /tmp/dist/constraints.txt /tmp/dist/*.whl" in dockerfile
     assert REGENERATE_PLUGIN_CACHE in dockerfile
     assert f"CMD {HUB_COMMAND}" in dockerfile
     assert f"CMD {HEALTHCHECK}" in dockerfile
     assert "EXPOSE 9000 8080" in dockerfile
     for copied in ("pyproject.toml", "telemetry_service", "twisted", "schemas"):
         assert f"COPY {copied}" in dockerfile
+    assert "constraints.txt" in dockerfile.split("COPY pyproject.toml", 1)[1].split("\n")[0]
 
 
 def test_compose_names_the_service_dashboard_and_mounts_the_schemas() -> None:

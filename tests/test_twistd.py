@@ -299,3 +299,47 @@ def test_sighup_reloads_the_schema_folder_and_keeps_the_old_one_if_broken(
     assert "LOG.json" in failed["error"]
     assert asyncio.run(reply_to(agent_event)) is None  # still the last good folder
     assert hub.process.poll() is None
+
+
+def test_twist_runs_the_hub_too(tmp_path: Path) -> None:
+    """The hub is an ordinary Twisted plugin: twist runs it like twistd."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    twist = str(Path(sys.executable).parent / "twist")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    environment["TELEMETRY_STATE_DIR"] = str(tmp_path / "state")
+    process = subprocess.Popen(
+        [
+            twist,
+            "--log-format=text",
+            "telemetry",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--http-port",
+            "off",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = None
+        deadline = time.monotonic() + 15
+        while port is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            found = re.search(r"WebSocket server listening on [\d.]+:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port is not None, "twist did not say where it listens"
+        message = asyncio.run(_relay(lambda: websockets.connect(f"ws://127.0.0.1:{port}/")))
+        assert message == {**ex.packet_sent("connector-t"), "seq": 2}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
