@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -457,6 +458,22 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         # never says what it is, holds a place like any other.
         self._counted_as = _address_key(transport)
         self._refusal = self.factory.admit(self, self._counted_as)
+        if getattr(transport, "wrappedProtocol", None) is self:
+            # A wrapper's transport (the PROXY protocol of a haproxy: endpoint) learns the
+            # client's own address from a header that comes before any of our data: count
+            # the connection again under that address when our first bytes arrive.
+            self.dataReceived = self._first_data
+
+    def _first_data(self, data: bytes) -> None:
+        del self.dataReceived  # the class's from now on
+        transport: Any = self.transport
+        address = _address_key(transport)
+        if address != self._counted_as:
+            self.factory.leave(self, self._counted_as)
+            self._counted_as = address
+            self._refusal = self.factory.admit(self, address)
+            self.peer = peer2str(transport)
+        self.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.leave(self, self._counted_as)
