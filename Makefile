@@ -4,6 +4,7 @@
 #   make test-latest   the same against the newest releases (make lock then takes them)
 # and, to see something at once:
 #   make demo   the hub plus a simulated network of connectors; open http://localhost:8080/
+#   make demo-cluster   two hubs as one on a local redis-server; open http://localhost:8082/
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +15,7 @@ NODES  ?= 6
 TOPOLOGY ?= linear
 RATE   ?= 10
 
-.PHONY: run demo test lint typecheck pytest clean test-latest lock
+.PHONY: run demo demo-cluster test lint typecheck pytest clean test-latest lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,27 @@ demo: $(VENV)/.installed
 	trap 'kill $$hub 2>/dev/null; wait $$hub' EXIT INT TERM; \
 	sleep 1.5; \
 	$(BIN)/telemetry-sim --url ws://127.0.0.1:$(PORT)/ --nodes $(NODES) \
+	    --topology $(TOPOLOGY) --rate $(RATE)
+
+# Two hubs as one on a local redis-server (Debian's; in a temporary folder, port 6390):
+# telemetry-sim feeds hub 1 (WebSocket 9001), the page is served by hub 2 (8082), and it
+# shows everything. Ctrl-C stops all four.
+REDIS_PORT ?= 6390
+demo-cluster: $(VENV)/.installed
+	@command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
+	@echo "live network page, from hub 2: http://localhost:8082/"
+	@dir=$$(mktemp -d); \
+	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --dir $$dir --save '' \
+	    --logfile $$dir/redis.log & redis=$$!; \
+	trap 'kill $$hub1 $$hub2 $$redis 2>/dev/null; wait; rm -rf $$dir' EXIT INT TERM; \
+	sleep 0.5; \
+	for n in 1 2; do \
+	    $(BIN)/twistd -n --pidfile= telemetry --port 900$$n --http-port 808$$n \
+	        --redis redis://127.0.0.1:$(REDIS_PORT)/0 --log-level warn & \
+	    eval hub$$n=$$!; \
+	done; \
+	sleep 2; \
+	$(BIN)/telemetry-sim --url ws://127.0.0.1:9001/ --nodes $(NODES) \
 	    --topology $(TOPOLOGY) --rate $(RATE)
 
 test: lint typecheck pytest

@@ -47,6 +47,9 @@ class Settings:
     #: ... and at most this many bytes of them (payloads plus ~100 bytes each of bookkeeping)
     history_bytes: int = 16 * 1024 * 1024
 
+    #: with Redis: bytes of accepted messages held while Redis is away or behind
+    redis_buffer_bytes: int = 64 * 1024 * 1024
+
     # -- hub behaviour
     #: most events in one {"batch": [...]} frame: the real connector flushes at 1,000
     max_batch: int = 1000

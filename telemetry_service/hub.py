@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from telemetry_service.auth import CONNECTOR, VIEWER, Access, Grant
+from telemetry_service.bus import Bus, LocalBus
 from telemetry_service.codec import decode, encode
 from telemetry_service.config import Settings
 from telemetry_service.errors import (
@@ -43,6 +45,8 @@ from telemetry_service.schemas import SchemaCatalog
 from telemetry_service.store import MemoryStore, MessageStore, StoredMessage
 
 CLIENT_CONNECT = "CLIENT_CONNECT"
+#: how long a resume from a seq this hub has not read yet waits for it (see L{Bus.shared})
+RESUME_CATCH_UP_SECONDS = 2.0
 NODE_STATUS = "NODE_STATUS"
 #: sent by the hub when a node's last connector goes away or its first one arrives
 NODE_PRESENCE = "NODE_PRESENCE"
@@ -237,10 +241,15 @@ class Hub:
         store: MessageStore | None = None,
         log_broadcasts: bool = False,
         access: Access | None = None,
+        bus: Callable[[Hub], Bus] | None = None,
     ) -> None:
         """
         @param catalog: the message schemas; replace C{hub.catalog} to apply edited ones.
         @param access: who may publish and read (default: anyone); see L{apply_access}.
+        @param store: the history of a hub on its own (default: in memory).
+        @param bus: makes the bus, given the hub (default: a L{LocalBus} on C{store}); a bus
+            shared by several hubs brings its own history, and calls the hub's C{deliver}
+            and C{restore}.
         @param log_broadcasts: log one debug line per broadcast. Off unless the log level is
             debug: even a filtered-out log call costs more than the rest of a broadcast.
         """
@@ -249,13 +258,20 @@ class Hub:
         self._settings = settings
         self._clock = clock
         self._fanout = fanout
-        self.store: MessageStore = (
-            store
-            if store is not None
-            else MemoryStore(settings.history_messages, settings.history_bytes)
-        )
+        if bus is None:
+            own = (
+                store
+                if store is not None
+                else MemoryStore(settings.history_messages, settings.history_bytes)
+            )
+            self._bus: Bus = LocalBus(own, self.deliver)
+        else:
+            self._bus = bus(self)
         self._log_broadcasts = log_broadcasts
-        self._observers: list[Observer] = []
+        self._observers: list[tuple[Observer, Collection[str] | None]] = []
+        # the types some observer wants (None: all), so that a message from another hub is
+        # parsed only when someone here reads it
+        self._observed: set[str] | None = set()
         self._connections: dict[Peer, Connection] = {}
         # unfiltered listeners and dashboards, in connection order (a dict is an ordered set)
         self._recipients: dict[Peer, None] = {}
@@ -263,26 +279,56 @@ class Hub:
         self._filtered: dict[Peer, Filter] = {}
         # dashboards that asked for some of the hub's own events
         self._hub_event_subscribers: dict[Peer, Connection] = {}
-        # nodeId -> its live connector connections (normally one)
+        # nodeId -> its live connector connections on this hub (normally one)
         self._connectors: dict[str, dict[Peer, None]] = {}
+        # dashboards resuming from a seq the bus has not delivered here yet -> CLIENT_CONNECT
+        self._waiting_resumes: dict[Peer, dict[str, Any]] = {}
+        # nodes with a live connector anywhere: as the delivered NODE_PRESENCE events say
+        self._online: set[str] = set()
         # nodeId -> latest NODE_STATUS, in first-report order
         self._node_status = ReplayCache(
             settings.max_nodes,
             settings.max_replay_bytes,
-            self._connectors.__contains__,
+            self._online.__contains__,
             self.store.node_status_changed,
         )
-        # what a durable store kept from before a restart: every node offline until its
-        # connector is back (real connectors do not send NODE_STATUS again)
-        for node_id, seq, payload in self.store.node_statuses():
-            self._node_status.restore(node_id, payload, seq)
+        self._cache_warnings = TokenBucket(clock, settings.warnings_per_second, 5)
         self.stats = HubStats()
+        if bus is None:
+            self.restore(self.store.node_statuses(), ())
 
-    def add_observer(self, observer: Observer) -> None:
+    def restore(self, statuses: Iterable[tuple[str, int, bytes]], online: Iterable[str]) -> None:
         """
-        Tell C{observer} of every accepted telemetry event from now on.
+        Take back what the history kept: each node's latest status, in first-report order,
+        and which nodes are online (somewhere else: this hub has just started). The others
+        are offline until their connector is back (real connectors do not send NODE_STATUS
+        again).
         """
-        self._observers.append(observer)
+        self._online.update(online)
+        for node_id, seq, payload in statuses:
+            self._node_status.restore(node_id, payload, seq)
+
+    @property
+    def store(self) -> MessageStore:
+        """
+        The history (the bus's).
+        """
+        return self._bus.store
+
+    @property
+    def bus(self) -> Bus:
+        return self._bus
+
+    def add_observer(self, observer: Observer, types: Collection[str] | None = None) -> None:
+        """
+        Tell C{observer} of every telemetry event delivered from now on (of C{types} only,
+        when given).
+        """
+        self._observers.append((observer, types))
+        if types is None:
+            self._observed = None
+        elif self._observed is not None:
+            self._observed.update(types)
 
     # -- what the transport tells the hub
 
@@ -336,6 +382,7 @@ class Hub:
         self._recipients.pop(peer, None)
         self._filtered.pop(peer, None)
         self._hub_event_subscribers.pop(peer, None)
+        self._waiting_resumes.pop(peer, None)
         self._flush_suppressed(connection)
         if connection.role is Role.CONNECTOR:
             node_id = connection.node_id
@@ -347,7 +394,8 @@ class Hub:
                 peers.pop(peer, None)
                 if not peers:
                     del self._connectors[node_id]
-                    self._went_offline(node_id)
+                    self._log.info("Node {nodeId}: no connector here any more", nodeId=node_id)
+                    self._bus.node_left(node_id, self._presence(node_id, online=False))
         elif connection.role is Role.DASHBOARD:
             self._log.info("Dashboard client disconnected ({peer})", peer=peer.address)
         else:
@@ -444,7 +492,7 @@ class Hub:
         record = self._node_status.get(node_id)
         if record is None:
             return None
-        return record.replay_payload(node_id in self._connectors)
+        return record.replay_payload(node_id in self._online)
 
     def live_connectors(self, node_id: str) -> int:
         return len(self._connectors.get(node_id, ()))
@@ -514,6 +562,44 @@ class Hub:
                 f"CLIENT_CONNECT at most {self._settings.replays_burst} times at once and "
                 f"{self._settings.replays_per_second:g} per second",
             )
+        resume = message.get("resume")
+        if isinstance(resume, dict) and self._not_read_yet(resume):
+            # Another hub numbered that seq and this one has not read it from the bus yet
+            # (a dashboard moved here when its hub went away): answer once it has, as if
+            # the CLIENT_CONNECT had come then. The bus is milliseconds behind, not seconds.
+            self._waiting_resumes[peer] = message
+            self._clock.callLater(RESUME_CATCH_UP_SECONDS, self._stop_waiting, peer, message)
+            return
+        self._waiting_resumes.pop(peer, None)
+        self._subscribe(connection, message)
+
+    def _not_read_yet(self, resume: dict[str, Any]) -> bool:
+        seq = resume.get("seq")
+        store = self.store
+        return (
+            self._bus.shared
+            and resume.get("epoch") == store.epoch
+            and isinstance(seq, int)
+            and seq > store.last_seq
+        )
+
+    def _release_resumes(self, seq: int) -> None:
+        for peer, message in list(self._waiting_resumes.items()):
+            if message["resume"]["seq"] <= seq:
+                del self._waiting_resumes[peer]
+                connection = self._connections.get(peer)
+                if connection is not None:
+                    self._subscribe(connection, message)
+
+    def _stop_waiting(self, peer: Peer, message: dict[str, Any]) -> None:
+        if self._waiting_resumes.get(peer) is message:
+            del self._waiting_resumes[peer]
+            connection = self._connections.get(peer)
+            if connection is not None:
+                self._subscribe(connection, message)
+
+    def _subscribe(self, connection: Connection, message: dict[str, Any]) -> None:
+        peer = connection.peer
         if connection.role is not Role.DASHBOARD:
             connection.role = Role.DASHBOARD
             self._log.info(
@@ -561,7 +647,7 @@ class Hub:
         ]
         if node_ids:
             connection.peer.send_stream(
-                _SnapshotStream(self._node_status, self._connectors, node_ids, self.store.last_seq)
+                _SnapshotStream(self._node_status, self._online, node_ids, self.store.last_seq)
             )
 
     def _resume(self, connection: Connection, request: dict[str, Any]) -> None:
@@ -576,6 +662,11 @@ class Hub:
             status.update(status="fresh")
         elif epoch != store.epoch:
             status.update(status="not_recovered", reason="the hub's history was reset (new epoch)")
+        elif isinstance(seq, int) and seq > last:
+            status.update(
+                status="not_recovered",
+                reason=f"seq {seq} is ahead of this hub's history (seq {last})",
+            )
         elif not isinstance(seq, int) or store.after(seq, 1) is None:
             status.update(
                 status="not_recovered",
@@ -653,11 +744,7 @@ class Hub:
         stats.accepted += 1
         by_type = stats.accepted_by_type
         by_type[message_type] = by_type.get(message_type, 0) + 1
-        payload = self._publish(message, message_type, node_id or connection.node_id)
-        if message_type == NODE_STATUS and node_id is not None:
-            self._remember_node_status(connection, node_id, payload, message["seq"])
-        for observer in self._observers:
-            observer(message_type, message)
+        self._bus.submit(message, message_type, node_id or connection.node_id)
 
     def _bind(self, connection: Connection, node_id: str) -> None:
         connection.node_id = node_id
@@ -672,20 +759,38 @@ class Hub:
             peers[connection.peer] = None
             return
         self._connectors[node_id] = {connection.peer: None}
-        self._publish_presence(node_id, online=True)
+        self._bus.node_joined(node_id, self._presence(node_id, online=True))
 
     # -- the broadcast and its history
 
-    def _publish(self, message: dict[str, Any], message_type: str, node_id: str | None) -> bytes:
+    def deliver(self, stored: StoredMessage, message: dict[str, Any] | None = None) -> None:
         """
-        Number a connector's message, keep it in the history and send it to every listener
-        and dashboard that wants it. It is serialized once, whoever receives it.
+        A numbered message, in the order of all (the bus's): send it to every listener and
+        dashboard here that wants it, serialized once whoever receives it, and keep what it
+        says (a node's status, a node online or offline).
+
+        @param message: its parsed form, where the bus still has it.
         """
-        payload = self._record(message, message_type, node_id)
+        kind, node_id = stored.type, stored.node_id
+        if kind in HUB_EVENTS:
+            self._hub_event(stored)
+        else:
+            self._broadcast(stored, kind, node_id, message)
+        if self._waiting_resumes:
+            # after the fanout: the resume's stream ends with this message, live ones follow
+            self._release_resumes(stored.seq)
+
+    def _broadcast(
+        self,
+        stored: StoredMessage,
+        kind: str,
+        node_id: str | None,
+        message: dict[str, Any] | None,
+    ) -> None:
         if self._filtered:
             targets: Collection[Peer] = [
                 *self._recipients,
-                *(p for p, f in self._filtered.items() if f.matches(message_type, node_id)),
+                *(p for p, f in self._filtered.items() if f.matches(kind, node_id)),
             ]
         else:
             targets = self._recipients.keys()
@@ -693,39 +798,34 @@ class Hub:
         if self._log_broadcasts:
             self._log.debug(
                 "Broadcasting telemetry event {type} #{seq} from {nodeId}",
-                type=message_type,
-                seq=message["seq"],
+                type=kind,
+                seq=stored.seq,
                 nodeId=node_id,
             )
-        self._fanout(targets, payload)
-        return payload
+        self._fanout(targets, stored.payload)
+        if kind == NODE_STATUS and node_id is not None:
+            self._remember_node_status(node_id, stored.payload, stored.seq)
+        observed = self._observed
+        if observed is None or kind in observed:
+            parsed = message if message is not None else orjson.loads(stored.payload)
+            for observer, types in self._observers:
+                if types is None or kind in types:
+                    observer(kind, parsed)
 
-    def _record(self, message: dict[str, Any], message_type: str, node_id: str | None) -> bytes:
-        store = self.store
-        seq = store.last_seq + 1
-        message["seq"] = seq
-        payload = encode(message)
-        store.append(StoredMessage(seq, message_type, node_id, payload))
-        return payload
-
-    def _publish_presence(self, node_id: str, online: bool) -> None:
+    def _hub_event(self, stored: StoredMessage) -> None:
         """
-        A hub event: kept in the history like everything else, sent only to those who asked.
+        A NODE_PRESENCE: the node is online or offline (anywhere), and the dashboards that
+        asked hear of it.
         """
-        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-        self._log.info(
-            "Node {nodeId} is {state}", nodeId=node_id, state="online" if online else "offline"
-        )
-        payload = self._record(
-            {
-                "type": NODE_PRESENCE,
-                "nodeId": node_id,
-                "online": online,
-                "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            },
-            NODE_PRESENCE,
-            node_id,
-        )
+        node_id = stored.node_id
+        if node_id is not None:
+            if b'"online":true' in stored.payload:
+                self._online.add(node_id)
+                self._log.info("Node {nodeId} is online", nodeId=node_id)
+            else:
+                self._online.discard(node_id)
+                self._node_status.went_offline(node_id)
+                self._log.info("Node {nodeId} is offline", nodeId=node_id)
         if self._hub_event_subscribers:
             targets = [
                 peer
@@ -733,27 +833,30 @@ class Hub:
                 if self._wants(connection, NODE_PRESENCE, node_id)
             ]
             self.stats.deliveries += len(targets)
-            self._fanout(targets, payload)
+            self._fanout(targets, stored.payload)
+
+    def _presence(self, node_id: str, online: bool) -> dict[str, Any]:
+        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        return {
+            "type": NODE_PRESENCE,
+            "nodeId": node_id,
+            "online": online,
+            "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
     # -- the replay cache
 
-    def _went_offline(self, node_id: str) -> None:
-        self._node_status.went_offline(node_id)
-        self._publish_presence(node_id, online=False)
-
-    def _remember_node_status(
-        self, connection: Connection, node_id: str, payload: bytes, seq: int
-    ) -> None:
+    def _remember_node_status(self, node_id: str, payload: bytes, seq: int) -> None:
         evicted = self._node_status.remember(node_id, payload, seq)
         if evicted is None:
-            self._warn(
-                connection,
-                "Node status cache is full ({max} nodes, {bytes} bytes, the rest online): "
-                "{nodeId} is broadcast but not replayed to new dashboards",
-                max=self._settings.max_nodes,
-                bytes=self._settings.max_replay_bytes,
-                nodeId=node_id,
-            )
+            if self._cache_warnings.allow():
+                self._log.warn(
+                    "Node status cache is full ({max} nodes, {bytes} bytes, the rest online): "
+                    "{nodeId} is broadcast but not replayed to new dashboards",
+                    max=self._settings.max_nodes,
+                    bytes=self._settings.max_replay_bytes,
+                    nodeId=node_id,
+                )
             return
         for victim in evicted:
             self._log.info(

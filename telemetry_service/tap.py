@@ -26,12 +26,15 @@ from twisted.python.components import Componentized
 
 from telemetry_service import __version__
 from telemetry_service.auth import Access, load_tokens, parse_origins
+from telemetry_service.bus import Bus
 from telemetry_service.config import Settings
 from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.metrics import registry as metrics_registry
+from telemetry_service.redis_bus import RedisAddress, RedisBus
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
+from telemetry_service.settlement import TYPES as SETTLEMENT_TYPES
 from telemetry_service.settlement import SettlementState
 from telemetry_service.sqlite_store import SqliteStore
 from telemetry_service.store import MemoryStore, MessageStore
@@ -153,6 +156,24 @@ OPTIONS = [
         "(~/.local/state/telemetry-hub)",
         str,
         "folder of the sqlite store's file ($XDG_STATE_HOME/telemetry-hub if that is set)",
+    ),
+    Option(
+        "redis",
+        "TELEMETRY_REDIS_URL",
+        "(none: this hub on its own)",
+        str,
+        "share one Redis with other hubs and behave as one hub (one order, one seq, one "
+        "history, shared presence): redis://[:password@]host:port/db or "
+        "unix:///path/redis.sock; --store is then not used",
+    ),
+    Option(
+        "redis-buffer-bytes",
+        "TELEMETRY_REDIS_BUFFER_BYTES",
+        _d("redis_buffer_bytes"),
+        _positive_int,
+        "with --redis: bytes of accepted messages held while Redis is away or behind; "
+        "past it new messages are dropped (and counted in the log)",
+        "redis_buffer_bytes",
     ),
     Option(
         "log-level",
@@ -369,6 +390,12 @@ class Options(usage.Options):
         )
         self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
         self.store: str = values["store"] or "sqlite"
+        try:
+            self.redis: RedisAddress | None = (
+                RedisAddress.parse(values["redis"]) if values["redis"] else None
+            )
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
         self.tokens_file = Path(values["tokens"]).expanduser() if values["tokens"] else None
         self.allowed_origins: tuple[str, ...] | None = values["allowed-origins"]
         self.state_dir = (
@@ -446,6 +473,9 @@ class TelemetryHubService(MultiService):
         self._starting()
         with self._one_line_on_failure():
             super().startService()
+        start_bus = getattr(self.hub.bus, "start", None)
+        if start_bus is not None:
+            start_bus()
         if self._reactor is not None:
             self._reactor.callWhenRunning(self._take_over_signals)
 
@@ -485,10 +515,16 @@ class TelemetryHubService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        # the listeners first (every peer gets its 1001), then the store, which nothing
-        # writes to any more
+        # the listeners first (every peer gets its 1001), then the store (or Redis), which
+        # nothing writes to any more
         yield super().stopService()
-        yield self.hub.store.close()
+        yield self.hub.bus.close()
+        stats = self.hub.stats
+        self._log.info(
+            "Stopped: {accepted} messages accepted and {rejected} refused since start",
+            accepted=stats.accepted,
+            rejected=stats.rejected,
+        )
 
     def _take_over_signals(self) -> None:
         """
@@ -590,8 +626,23 @@ def build_service(
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
     clock = IReactorTime(reactor)
-    store: MessageStore
-    if options.store == "memory":
+    store: MessageStore | None = None
+    bus: Callable[[Hub], Bus] | None = None
+    if options.redis is not None:
+        address = options.redis
+
+        def bus(hub: Hub) -> Bus:
+            return RedisBus(
+                hub,
+                address,
+                clock,
+                reactor,
+                history_messages=settings.history_messages,
+                history_bytes=settings.history_bytes,
+                max_nodes=settings.max_nodes,
+                buffer_bytes=settings.redis_buffer_bytes,
+            )
+    elif options.store == "memory":
         store = MemoryStore(settings.history_messages, settings.history_bytes)
     else:
         store = SqliteStore(
@@ -610,10 +661,11 @@ def build_service(
         store=store,
         log_broadcasts=options.log_level == "debug",
         access=access,
+        bus=bus,
     )
     settlement = SettlementState(clock)
-    hub.add_observer(settlement.observe)
-    factory = TelemetryServerFactory(hub, settings, clock, before_send=store.commit)
+    hub.add_observer(settlement.observe, SETTLEMENT_TYPES)
+    factory = TelemetryServerFactory(hub, settings, clock, before_send=hub.store.commit)
     if isinstance(store, SqliteStore) and factory.batcher is not None:
         store.on_pending = factory.batcher.wake
     service = TelemetryHubService(

@@ -101,11 +101,13 @@ class HealthResource(_JSONResource):
         degraded = getattr(hub.store, "degraded", None)
         if degraded == "closed":
             degraded = None
+        bus = hub.bus.health()
         if hub.access.grants:
             return {"status": "degraded" if degraded else "ok", "version": __version__}
         return {
             "status": "degraded" if degraded else "ok",
             "store": {"kind": type(hub.store).__name__, "degraded": degraded},
+            "bus": bus,
             "version": __version__,
             "connections": hub.counts(),
             "accepted": hub.stats.accepted,

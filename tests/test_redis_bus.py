@@ -1,0 +1,208 @@
+"""
+The Redis bus in process, against a real C{redis-server}: what happens to a batch of
+messages that was on its way when the connection broke (sent again only if Redis did not
+apply it), and a Redis that loses its data while the hub is connected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from telemetry_service.redis_bus import RedisAddress, RedisBus
+from telemetry_service.store import StoredMessage
+
+from . import examples as ex
+from .services import RedisServer
+
+
+class DeliveredHere:
+    """The hub's side of the bus: what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.delivered: list[StoredMessage] = []
+        self.restored: list[Any] = []
+
+    def deliver(self, stored: StoredMessage, message: dict[str, Any] | None = None) -> None:
+        self.delivered.append(stored)
+
+    def restore(self, statuses: Any, online: Any) -> None:
+        self.restored.append((list(statuses), list(online)))
+
+    def packets(self) -> list[StoredMessage]:
+        return [m for m in self.delivered if m.type == "PACKET_SENT"]
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+async def until(predicate: Any, timeout: float = 10, what: str = "") -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+async def started(redis: RedisServer, hub: DeliveredHere) -> RedisBus:
+    bus = RedisBus(
+        hub,
+        RedisAddress.parse(redis.url),
+        reactor,
+        reactor,
+        history_messages=1000,
+        history_bytes=1 << 20,
+        max_nodes=100,
+        buffer_bytes=1 << 20,
+    )
+    bus.start()
+    await until(lambda: bus.degraded is None, what="connected")
+    return bus
+
+
+def submit_packets(bus: RedisBus, start: int, count: int) -> None:
+    for n in range(start, start + count):
+        bus.submit(ex.packet_sent("connector-a", n), "PACKET_SENT", "connector-a")
+
+
+def packet_numbers(hub: DeliveredHere) -> list[str]:
+    return [m.payload.decode().split('"packetId":"')[1][:8] for m in hub.packets()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_redis_applied_is_not_sent_again(redis: RedisServer) -> None:
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        # the answer to the batch never reaches the hub: the link breaks first
+        bus._applied = lambda last_seq, batch: None  # type: ignore[method-assign]
+        submit_packets(bus, 0, 10)
+        await until(lambda: len(hub.packets()) == 10, what="delivered")
+        assert bus.buffered_bytes > 0, "the batch is still counted as on its way"
+        redis.command("CLIENT", "KILL", "TYPE", "normal")
+        await until(lambda: bus.degraded is not None, what="noticed")
+        await until(lambda: bus.degraded is None, what="reconnected")
+        del bus._applied
+        await task.deferLater(reactor, 0.3, lambda: None)
+        assert redis.command("XLEN", "telemetry-hub:log") == "10"
+        assert len(hub.packets()) == 10
+        assert bus.buffered_bytes == 0
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_redis_never_ran_is_sent_again_once(redis: RedisServer) -> None:
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 5)
+        await until(lambda: len(hub.packets()) == 5, what="first five")
+        # Redis holds the next script call, and the connection breaks before it runs
+        redis.command("CLIENT", "PAUSE", "5000", "WRITE")
+        submit_packets(bus, 5, 10)
+        await task.deferLater(reactor, 0.2, lambda: None)
+        redis.command("CLIENT", "KILL", "TYPE", "normal")
+        redis.command("CLIENT", "UNPAUSE")
+        await until(lambda: len(hub.packets()) == 15, what="all fifteen")
+        await task.deferLater(reactor, 0.3, lambda: None)
+        assert redis.command("XLEN", "telemetry-hub:log") == "15"
+        assert [m.seq for m in hub.delivered] == list(range(1, 16))
+        assert packet_numbers(hub) == [ex.packet_id(n)[:8] for n in range(15)]
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_flushed_while_connected_starts_a_new_epoch(redis: RedisServer) -> None:
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 3)
+        await until(lambda: len(hub.packets()) == 3, what="first three")
+        old_epoch = bus.store.epoch
+        redis.command("FLUSHALL")
+        submit_packets(bus, 3, 2)
+        await until(lambda: len(hub.packets()) == 5, what="after the flush")
+        assert bus.store.epoch != old_epoch
+        assert bus.epoch_changes == 1
+        # the new history starts at 1, and holds only what came after
+        assert [m.seq for m in hub.packets()[3:]] == [1, 2]
+        assert bus.store.after(0, 10) is not None
+        assert [m.seq for m in bus.store.after(0, 10) or []] == [1, 2]
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_address_hides_its_password(redis: RedisServer) -> None:
+    address = RedisAddress.parse("redis://:s3cret@127.0.0.1:6390/2")
+    assert address.password == "s3cret" and address.db == 2 and address.port == 6390
+    assert "s3cret" not in str(address)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_that_lost_its_last_writes_gets_a_new_epoch(redis: RedisServer) -> None:
+    """
+    Redis restarted from a disk a second behind (appendfsync everysec): its epoch is the
+    same, its seq is behind what the hub delivered. Going on would give seqs that
+    dashboards saw to other messages.
+    """
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 5)
+        await until(lambda: len(hub.packets()) == 5, what="first five")
+        old_epoch = bus.store.epoch
+        # as the disk had it a moment ago: the last three writes never reached it
+        redis.command("XDEL", "telemetry-hub:log", "3-0", "4-0", "5-0")
+        redis.command("SET", "telemetry-hub:seq", "2")
+        redis.command("CLIENT", "KILL", "TYPE", "normal")
+        await until(lambda: bus.epoch_changes == 1, what="a new epoch")
+        assert bus.store.epoch != old_epoch
+        assert redis.command("GET", "telemetry-hub:epoch") == bus.store.epoch
+        submit_packets(bus, 5, 1)
+        await until(lambda: len(hub.packets()) == 6, what="the next message")
+        assert hub.packets()[-1].seq == 1
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        (b"PING",),
+        (b"EVALSHA", b"0" * 40, b"0", b"telemetry-hub:", b"", b"\r\n\x00binary", b"x" * 70000),
+        (b"XREAD", "COUNT", 1000, b"STREAMS", b"k", b"0-0"),
+    ],
+)
+def test_the_lean_protocol_writes_what_txredisapi_writes(command: tuple[Any, ...]) -> None:
+    import txredisapi
+
+    from telemetry_service.redis_bus import _Protocol
+
+    assert _Protocol()._build_command(*command) == txredisapi.BaseRedisProtocol()._build_command(
+        *command
+    )
+
+
+def test_the_lean_protocol_hands_replies_over_unchanged() -> None:
+    """A stream read comes back as Redis sent it: bytes stay bytes, numbers stay text."""
+    from telemetry_service.redis_bus import _Protocol
+
+    protocol = _Protocol()
+    replies: list[Any] = []
+    protocol.replyReceived = replies.append
+    protocol.dataReceived(
+        b"*1\r\n*2\r\n$17\r\ntelemetry-hub:log\r\n*1\r\n*2\r\n$3\r\n7-0\r\n"
+        b"*2\r\n$11\r\nPACKET_SENT\r\n$2\r\n42\r\n:5\r\n"
+    )
+    assert replies == [[[b"telemetry-hub:log", [[b"7-0", [b"PACKET_SENT", b"42"]]]]], 5]
