@@ -33,9 +33,11 @@ C{presence_ttl} seconds (killed, frozen, cut off) and takes their nodes offline.
 of a hub that died without a word go offline within C{presence_ttl} plus one heartbeat: 6 s
 with the defaults.
 
-Redis going away: the hub keeps its sockets and goes on accepting; what it accepts waits in
-a buffer of C{buffer_bytes}, sent in order when Redis is back (past the bound, new messages
-are dropped and counted, and the log says how many). Nothing is delivered meanwhile, not
+Redis going away (its connection closed, or a command left unanswered for
+C{REPLY_TIMEOUT} seconds: a Redis frozen or cut off by the network): the hub keeps its
+sockets and goes on accepting; what it accepts waits in a buffer of C{buffer_bytes}, sent
+in order when Redis is back (past the bound, new messages are dropped and counted, and the
+log says how many). Nothing is delivered meanwhile, not
 even to this hub's own dashboards: their order has to come from Redis. A batch that was on
 its way when the link broke is sent again only if Redis did not apply it (each hub's last
 applied batch is kept in Redis), so it is neither lost nor doubled. When Redis comes back
@@ -75,6 +77,13 @@ NODE_STATUS = "NODE_STATUS"
 MAX_OPS_PER_CALL = 1000
 #: entries per XREAD and per history chunk read at start-up
 READ_COUNT = 1000
+#: how long an XREAD waits for new entries before Redis answers with nothing
+READ_BLOCK_MS = 2000
+#: a connection that has left a command unanswered this long is taken for dead and dropped
+#: (txredisapi's reply timeout): a frozen Redis, or one cut off by the network without a
+#: reset, would otherwise hold the hub in "connected" until TCP gives up, many minutes.
+#: Longer than an XREAD's wait, which is an answer that comes late on purpose.
+REPLY_TIMEOUT = READ_BLOCK_MS / 1000 + 3.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,11 @@ SUBMIT = (
     _COMMON
     + r"""
 local hub, max_nodes = ARGV[4], tonumber(ARGV[6])
+-- a batch this hub sent again after a broken connection, which the old connection's
+-- bytes (read late, by a Redis that was frozen) had already applied: apply it once
+if tonumber(redis.call('HGET', P .. 'batch', hub) or '0') >= tonumber(ARGV[5]) then
+  return redis.call('GET', seqkey)
+end
 redis.call('HSET', P .. 'batch', hub, ARGV[5])
 local statuskey, orderkey = P .. 'status', P .. 'order'
 for i = 7, #ARGV, 4 do
@@ -423,6 +437,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
             charset=None,
             password=address.password,
             convertNumbers=False,
+            replyTimeout=REPLY_TIMEOUT,
             username=address.username,
         )
         self._up = up
@@ -496,6 +511,8 @@ class RedisBus:
         # batches sent and not yet answered: batch -> its message operations, bytes
         self._inflight: dict[int, tuple[list[tuple[bytes, bytes, bytes, bytes]], int]] = {}
         self._inflight_bytes = 0
+        # batches to send again with their numbers, before the queue (see _requeue)
+        self._resend: list[tuple[int, list[tuple[bytes, bytes, bytes, bytes]], int]] = []
         self._next_batch = 1
         self._flush_call: Any = None
         # nodes with a live connector on this hub -> nodeId as JSON
@@ -636,7 +653,10 @@ class RedisBus:
         self._session = None
         if self._commands is conn or self._commands is None:
             self._commands = None
-            self._went_down("the command connection to Redis was lost")
+            self._went_down(
+                f"the command connection to Redis was lost "
+                f"(closed, or no answer for {REPLY_TIMEOUT:g} s)"
+            )
 
     def _reader_up(self, conn: Any) -> None:
         self._reader = conn
@@ -648,7 +668,10 @@ class RedisBus:
         if self._reader is conn:
             self._reader = None
             self._reading = None
-            self._went_down("the reading connection to Redis was lost")
+            self._went_down(
+                f"the reading connection to Redis was lost "
+                f"(closed, or no answer for {REPLY_TIMEOUT:g} s)"
+            )
 
     def _went_down(self, why: str) -> None:
         if self._closing:
@@ -808,28 +831,38 @@ class RedisBus:
         self.epoch_changes += 1
         self._epoch = epoch
         self._history.ring = MemoryStore(self._history_messages, self._history_bytes, epoch)
-        self._requeue(0)
+        self._requeue(0, renumber=True)
         if self._reader is not None:
             # the XREAD waiting now is for entries after a seq of the old history: its
             # answer will be ignored, and the new one (queued behind it) reads from 0
             self._read_from(self._reader)
 
-    def _requeue(self, applied: int) -> None:
+    def _requeue(self, applied: int, *, renumber: bool = False) -> None:
         """
-        Put the batches that Redis did not apply back in front of the queue, in order.
+        Send the batches Redis did not apply again, in order, before anything queued.
+
+        They keep their numbers: the old connection's bytes may still reach Redis after
+        the new connection asked what was applied (a Redis that was frozen reads both when
+        it wakes), and the script applies a number only once. In a new epoch they go as
+        new batches (Redis forgot every number).
         """
         again: list[tuple[bytes, bytes, bytes, bytes]] = []
+        count = 0
         for batch in sorted(self._inflight):
             ops, size = self._inflight.pop(batch)
             self._inflight_bytes -= size
             if batch > applied:
-                again.extend(ops)
+                count += len(ops)
                 self._queued_bytes += size
-        if again:
-            self._log.info(
-                "Redis bus: sending again {count} messages Redis did not get", count=len(again)
-            )
+                if renumber:
+                    again.extend(ops)
+                else:
+                    self._resend.append((batch, ops, size))
         self._queue[:0] = again
+        if count:
+            self._log.info(
+                "Redis bus: sending again {count} messages Redis did not get", count=count
+            )
 
     def _sync(self, conn: Any) -> Deferred[Any]:
         args: list[bytes] = []
@@ -852,28 +885,40 @@ class RedisBus:
         """
         self._flush_call = None
         queue = self._queue
-        if not queue or self._commands is None:
+        if not (queue or self._resend) or self._commands is None:
             return
+        resend, self._resend = self._resend, []
         self._queue = []
         self._queued_bytes = 0
+        for batch, messages, size in resend:
+            self._submit(batch, messages, messages, size)
         for start in range(0, len(queue), MAX_OPS_PER_CALL):
             ops = queue[start : start + MAX_OPS_PER_CALL]
             batch = self._next_batch
             self._next_batch += 1
             messages = [op for op in ops if op[0] == b"m"]
-            size = sum(len(op[2]) for op in messages)
-            self._inflight[batch] = (messages, size)
-            self._inflight_bytes += size
-            args: list[bytes] = []
-            for op in ops:
-                args += op
-            d = self._script("submit", str(batch).encode(), str(self._max_nodes).encode(), *args)
-            d.addCallbacks(
-                self._applied,
-                self._not_applied,
-                callbackArgs=(batch,),
-                errbackArgs=(batch,),
-            )
+            self._submit(batch, ops, messages, sum(len(op[2]) for op in messages))
+
+    def _submit(
+        self,
+        batch: int,
+        ops: list[tuple[bytes, bytes, bytes, bytes]],
+        messages: list[tuple[bytes, bytes, bytes, bytes]],
+        size: int,
+    ) -> None:
+        # joins and leaves are not kept: a reconnect says which nodes this hub has anyway
+        self._inflight[batch] = (messages, size)
+        self._inflight_bytes += size
+        args: list[bytes] = []
+        for op in ops:
+            args += op
+        d = self._script("submit", str(batch).encode(), str(self._max_nodes).encode(), *args)
+        d.addCallbacks(
+            self._applied,
+            self._not_applied,
+            callbackArgs=(batch,),
+            errbackArgs=(batch,),
+        )
 
     def _applied(self, last_seq: Any, batch: int) -> None:
         done = self._inflight.pop(batch, None)
@@ -992,7 +1037,7 @@ class RedisBus:
                 b"COUNT",
                 str(READ_COUNT).encode(),
                 b"BLOCK",
-                b"2000",
+                str(READ_BLOCK_MS).encode(),
                 b"STREAMS",
                 self._key(b"log"),
                 last,

@@ -167,11 +167,18 @@ def test_dashboards_on_two_hubs_get_the_same_messages_in_the_same_order(
         on_a, on_b = Dashboard(url(a)), Dashboard(url(b))
         await on_a.connect()
         await on_b.connect()
-        # connectors on both hubs at once, interleaving
-        await asyncio.gather(
-            send_packets(url(a), "connector-a", 0, 300),
-            send_packets(url(b), "connector-b", 1000, 300),
-        )
+        # connectors on both hubs at once, in rounds, so that their messages interleave
+        async with (
+            websockets.connect(url(a)) as connector_a,
+            websockets.connect(url(b)) as connector_b,
+        ):
+            await connector_a.send(json.dumps(ex.node_status("connector-a")))
+            await connector_b.send(json.dumps(ex.node_status("connector-b")))
+            for start in range(0, 300, 20):
+                for n in range(start, start + 20):
+                    await connector_a.send(json.dumps(ex.packet_sent("connector-a", n)))
+                    await connector_b.send(json.dumps(ex.packet_sent("connector-b", 1000 + n)))
+                await asyncio.sleep(0.02)
 
         def done(d: Dashboard) -> bool:
             return len(d.of_type("PACKET_SENT")) == 600 and len(d.of_type("NODE_PRESENCE")) == 4

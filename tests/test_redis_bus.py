@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from telemetry_service.redis_bus import RedisAddress, RedisBus
+from telemetry_service.redis_bus import REPLY_TIMEOUT, RedisAddress, RedisBus
 from telemetry_service.store import StoredMessage
 
 from . import examples as ex
@@ -117,6 +118,56 @@ async def test_a_batch_redis_never_ran_is_sent_again_once(redis: RedisServer) ->
         assert redis.command("XLEN", "telemetry-hub:log") == "15"
         assert [m.seq for m in hub.delivered] == list(range(1, 16))
         assert packet_numbers(hub) == [ex.packet_id(n)[:8] for n in range(15)]
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_redis_is_left_and_nothing_is_lost_or_doubled(redis: RedisServer) -> None:
+    """
+    Redis stops answering with its connections open (SIGSTOP): the bus gives up on them
+    after REPLY_TIMEOUT, buffers, keeps trying, and when Redis wakes (and reads the old
+    connections' bytes too) every message is in the stream once, in order.
+    """
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 5)
+        await until(lambda: len(hub.packets()) == 5, what="first five")
+        redis.freeze()
+        frozen_at = reactor.seconds()
+        submit_packets(bus, 5, 10)  # written to a socket Redis does not read
+        await until(lambda: bus.degraded is not None, timeout=REPLY_TIMEOUT + 3, what="noticed")
+        noticed = reactor.seconds() - frozen_at
+        assert noticed < REPLY_TIMEOUT + 2, noticed
+        submit_packets(bus, 15, 5)  # accepted while degraded: buffered
+        assert bus.buffered_bytes > 0
+        redis.thaw()
+        await until(lambda: bus.degraded is None, timeout=10, what="back")
+        await until(lambda: len(hub.packets()) >= 20, what="all twenty")
+        await task.deferLater(reactor, 0.5, lambda: None)
+        assert redis.command("XLEN", "telemetry-hub:log") == "20"
+        assert [m.seq for m in hub.delivered] == list(range(1, 21))
+        assert packet_numbers(hub) == [ex.packet_id(n)[:8] for n in range(20)]
+        assert bus.buffered_bytes == 0
+    finally:
+        redis.thaw()
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_number_is_applied_once(redis: RedisServer) -> None:
+    """The script's side of sending a batch again: a number already applied is a no-op."""
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        # an operation as submit() makes it: the message without its closing brace
+        prefix = orjson.dumps(ex.packet_sent("connector-a", 0))[:-1] + b',"seq":'
+        op = (b"m", b"PACKET_SENT\0connector-a", prefix, b"")
+        for batch in (b"7", b"7", b"3", b"8"):
+            await bus._script("submit", batch, b"100", *op)
+        assert redis.command("XLEN", "telemetry-hub:log") == "2"
+        assert redis.command("HGET", "telemetry-hub:batch", bus.hub_id) == "8"
     finally:
         await bus.close()
 
