@@ -308,6 +308,19 @@ class Hub:
         for node_id, seq, payload in statuses:
             self._node_status.restore(node_id, payload, seq)
 
+    def reset_presence(self, online: Iterable[str]) -> None:
+        """
+        Which nodes are online is exactly C{online} now (the bus started a new history:
+        presence events of the old one that this hub never heard are lost with it).
+        """
+        online = set(online)
+        gone = self._online - online
+        # in place: the replay cache holds this set's __contains__
+        self._online.intersection_update(online)
+        self._online.update(online)
+        for node_id in gone:
+            self._node_status.went_offline(node_id)
+
     @property
     def store(self) -> MessageStore:
         """
@@ -695,7 +708,7 @@ class Hub:
         node_id = message.get("nodeId")
         if not isinstance(node_id, str) or node_id == PLACEHOLDER_NODE_ID:
             node_id = None
-        if connection.role is Role.DASHBOARD:
+        if connection.role is Role.DASHBOARD or connection.peer in self._waiting_resumes:
             raise Rejection(
                 ROLE_VIOLATION,
                 "this connection identified as a dashboard (CLIENT_CONNECT); "

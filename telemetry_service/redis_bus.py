@@ -23,7 +23,8 @@ Keys, under C{telemetry-hub:}::
     order      zset    nodeId -> seq of its first status (replay order)
     online     set     nodes with a live connector on some hub
     hubs       zset    hub id -> when it is presumed dead (ms, Redis's clock)
-    batch      hash    hub id -> the last batch of its messages applied
+    batch:<epoch>:<hub id>  the last batch of that hub's messages applied (a day)
+    beat       int     when Redis last ran a heartbeat (ms, its clock)
     hub:<id>   hash    the nodes with a live connector on that hub -> the nodeId as JSON
     node:<id>  set     the hubs with a live connector for that node
 
@@ -75,6 +76,8 @@ NODE_STATUS = "NODE_STATUS"
 #: most operations in one script call: Redis runs a script alone, so a long one would hold
 #: up the other hubs (a thousand messages take about a millisecond)
 MAX_OPS_PER_CALL = 1000
+#: an error of one kind is logged at most once in this many seconds
+LOG_EVERY = 10.0
 #: entries per XREAD and per history chunk read at start-up
 READ_COUNT = 1000
 #: how long an XREAD waits for new entries before Redis answers with nothing
@@ -189,7 +192,8 @@ local function forget_hub(hub, ts_json)
   end
   redis.call('DEL', P .. 'hub:' .. hub)
   redis.call('ZREM', P .. 'hubs', hub)
-  redis.call('HDEL', P .. 'batch', hub)
+  -- its last applied batch stays (see SUBMIT): a hub taken for dead may be alive and come
+  -- back with batches it does not know were applied
 end
 """
 
@@ -201,12 +205,15 @@ SUBMIT = (
     _COMMON
     + r"""
 local hub, max_nodes = ARGV[4], tonumber(ARGV[6])
--- a batch this hub sent again after a broken connection, which the old connection's
--- bytes (read late, by a Redis that was frozen) had already applied: apply it once
-if tonumber(redis.call('HGET', P .. 'batch', hub) or '0') >= tonumber(ARGV[5]) then
+-- The last batch of this hub applied in this epoch, for as long as a hub can be away and
+-- still come back with batches it does not know the fate of (a day). A batch sent again
+-- after a broken connection, which the old connection's bytes (read late, by a Redis that
+-- was frozen) had already applied, is applied once.
+local batchkey = P .. 'batch:' .. ARGV[2] .. ':' .. hub
+if tonumber(redis.call('GET', batchkey) or '0') >= tonumber(ARGV[5]) then
   return redis.call('GET', seqkey)
 end
-redis.call('HSET', P .. 'batch', hub, ARGV[5])
+redis.call('SET', batchkey, ARGV[5], 'EX', 86400)
 local statuskey, orderkey = P .. 'status', P .. 'order'
 for i = 7, #ARGV, 4 do
   local kind = ARGV[i]
@@ -257,6 +264,16 @@ HEARTBEAT = (
     _COMMON
     + r"""
 local hub, ttl, ts_json = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+-- When no hub's heartbeat reached Redis for longer than a hub may be silent, Redis itself
+-- (or every way to it) had stopped: the hubs are not dead, they could not say so. They get
+-- their time again rather than their nodes taken offline.
+local last = tonumber(redis.call('GET', P .. 'beat') or '0')
+redis.call('SET', P .. 'beat', now)
+if last > 0 and now - last > ttl then
+  for _, other in ipairs(redis.call('ZRANGE', P .. 'hubs', 0, -1)) do
+    redis.call('ZADD', P .. 'hubs', now + ttl, other)
+  end
+end
 local known = redis.call('ZADD', P .. 'hubs', now + ttl, hub) == 0
 local dead = redis.call('ZRANGEBYSCORE', P .. 'hubs', '-inf', now)
 for _, other in ipairs(dead) do
@@ -273,6 +290,7 @@ GOODBYE = (
     _COMMON
     + r"""
 forget_hub(ARGV[4], ARGV[6])
+redis.call('DEL', P .. 'batch:' .. ARGV[2] .. ':' .. ARGV[4])
 return 1
 """
 )
@@ -284,7 +302,10 @@ INIT = r"""
 local P = ARGV[1]
 local epoch = redis.call('GET', P .. 'epoch')
 if epoch and epoch ~= ARGV[3] then return epoch end
-for _, k in ipairs({'seq', 'log', 'status', 'order', 'online', 'batch'}) do
+-- presence (online, hubs, hub:*, node:*) is about the hubs and connectors alive now, not
+-- about the history: it stays, and after a flush it is gone anyway. The batch records are
+-- per epoch and expire.
+for _, k in ipairs({'seq', 'log', 'status', 'order'}) do
   redis.call('DEL', P .. k)
 end
 redis.call('SET', P .. 'epoch', ARGV[2])
@@ -328,6 +349,8 @@ class HubSide(Protocol):
     def restore(
         self, statuses: Iterable[tuple[str, int, bytes]], online: Iterable[str]
     ) -> None: ...
+
+    def reset_presence(self, online: Iterable[str]) -> None: ...
 
 
 class SharedHistory:
@@ -443,6 +466,15 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
         self._up = up
         self._down = down
 
+    def stopTrying(self) -> Any:
+        """
+        txredisapi gives up for good when AUTH or SELECT fails on a new connection, and
+        that includes Redis being too slow to answer them (its reply timeout, after a
+        freeze). The hub keeps trying instead, every C{maxDelay} at most, as in any outage;
+        it stops only when the bus closes (L{disconnect}).
+        """
+        return defer.succeed(None)
+
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool:
@@ -525,6 +557,8 @@ class RedisBus:
         self.dropped = 0
         self._dropped_logged = 0
         self._drop_log_at = 0.0
+        # kind of error -> when it was last logged, how many were held back since
+        self._error_log: dict[str, tuple[float, int]] = {}
         #: epochs seen change since start (Redis lost its data)
         self.epoch_changes = 0
         self._heartbeat = LoopingCall(self._beat)
@@ -722,7 +756,10 @@ class RedisBus:
         if self._epoch is None:
             yield self._load(conn, epoch, session)
         elif epoch != self._epoch:
-            self._new_epoch(epoch)
+            online = yield conn.execute_command(b"SMEMBERS", self._key(b"online"))
+            if session is not self._session:
+                return
+            self._new_epoch(epoch, online)
         else:
             seq = int((yield conn.execute_command(b"GET", self._key(b"seq"))) or 0)
             if seq < self._history.last_seq:
@@ -747,10 +784,13 @@ class RedisBus:
                 ).decode()
                 if session is not self._session:
                     return
-                self._new_epoch(epoch)
+                online = yield conn.execute_command(b"SMEMBERS", self._key(b"online"))
+                if session is not self._session:
+                    return
+                self._new_epoch(epoch, online)
             else:
                 applied = yield conn.execute_command(
-                    b"HGET", self._key(b"batch"), self.hub_id.encode()
+                    b"GET", self._key(b"batch:%s:%s" % (epoch.encode(), self.hub_id.encode()))
                 )
                 self._requeue(int(applied or 0))
         if session is not self._session:
@@ -767,7 +807,8 @@ class RedisBus:
     def _resync_failed(self, failure: Failure, conn: Any, session: object) -> None:
         if session is not self._session or self._closing:
             return  # the connection went (again); its return resyncs
-        self._log.error(
+        self._error(
+            "resync",
             "Redis bus: could not set up with {redis}: {error}; trying again",
             redis=str(self._address),
             error=failure.getErrorMessage(),
@@ -818,9 +859,11 @@ class RedisBus:
             online=len(online),
         )
 
-    def _new_epoch(self, epoch: str) -> None:
+    def _new_epoch(self, epoch: str, online: Iterable[bytes]) -> None:
         """
         Redis lost its data: a new history, from seq 1; what was on its way goes again.
+        Presence is what Redis says now (C{online}, then the presence events of the new
+        history): the old one's events this hub did not read are gone with it.
         """
         self._log.warn(
             "Redis bus: Redis lost its data (epoch {old} is gone, now {new}); dashboards "
@@ -831,6 +874,7 @@ class RedisBus:
         self.epoch_changes += 1
         self._epoch = epoch
         self._history.ring = MemoryStore(self._history_messages, self._history_bytes, epoch)
+        self._hub.reset_presence(node.decode() for node in online)
         self._requeue(0, renumber=True)
         if self._reader is not None:
             # the XREAD waiting now is for entries after a seq of the old history: its
@@ -935,7 +979,8 @@ class RedisBus:
             return
         self._inflight_bytes -= done[1]
         self.dropped += len(done[0])
-        self._log.error(
+        self._error(
+            "refused",
             "Redis bus: Redis refused {count} messages: {error}",
             count=len(done[0]),
             error=failure.getErrorMessage(),
@@ -946,7 +991,12 @@ class RedisBus:
         A script found another epoch in Redis (its data was flushed while we were
         connected): resync as after a reconnect.
         """
-        if not (failure.check(txredisapi.ResponseError) and "EPOCH" in str(failure.value)):
+        if not failure.check(txredisapi.ResponseError):
+            return False
+        error = str(failure.value)
+        # NOSCRIPT: Redis forgot the scripts (SCRIPT FLUSH, a failover to a replica that
+        # never loaded them); the resync loads them again
+        if not (error.startswith("EPOCH") or error.startswith("NOSCRIPT")):
             return False
         conn = self._commands
         if conn is not None and self._session is not None:
@@ -954,6 +1004,24 @@ class RedisBus:
             session = self._session = object()
             self._resync(conn, session).addErrback(self._resync_failed, conn, session)
         return True
+
+    def _error(self, kind: str, text: str, failure: Failure | None = None, **fields: Any) -> None:
+        """
+        Log an error at most once per C{LOG_EVERY} seconds for each kind, saying how many
+        like it were held back: an outage must not flood the log.
+        """
+        now = self._clock.seconds()
+        last, held = self._error_log.get(kind, (float("-inf"), 0))
+        if now - last < LOG_EVERY:
+            self._error_log[kind] = (last, held + 1)
+            return
+        self._error_log[kind] = (now, 0)
+        if held:
+            text += " ({held} more like it held back)"
+        if failure is not None:
+            self._log.failure(text, failure, held=held, **fields)
+        else:
+            self._log.error(text, held=held, **fields)
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -1054,21 +1122,34 @@ class RedisBus:
     def _got(self, reply: Any, conn: Any, reading: object) -> None:
         if reading is not self._reading:
             return
-        if reply:
-            deliver = self._hub.deliver
-            history = self._history
-            for entry in reply[0][1]:
-                stored = self._stored(entry)
-                ring = history.ring
-                expected = ring.last_seq + 1
-                if stored.seq != expected:
-                    if stored.seq < expected:
-                        continue
-                    self._skipped(stored.seq - expected)
-                ring = history.ring
-                ring.append(stored)
+        try:
+            if reply:
+                self._take(reply[0][1])
+        finally:
+            # whatever happened to this read, the next one goes: a hub that stopped
+            # reading would look connected and deliver nothing
+            self._read(conn, reading)
+
+    def _take(self, entries: list[Any]) -> None:
+        deliver = self._hub.deliver
+        history = self._history
+        for entry in entries:
+            stored = self._stored(entry)
+            ring = history.ring
+            expected = ring.last_seq + 1
+            if stored.seq != expected:
+                if stored.seq < expected:
+                    continue
+                self._skipped(stored.seq - expected)
+            ring = history.ring
+            ring.append(stored)
+            try:
                 deliver(stored, None)
-        self._read(conn, reading)
+            except Exception:
+                # one message the hub could not deliver must not stop the others
+                self._error(
+                    "deliver", "Redis bus: delivering seq {seq} failed", Failure(), seq=stored.seq
+                )
 
     def _skipped(self, count: int) -> None:
         """

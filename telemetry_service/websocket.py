@@ -454,29 +454,28 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         # As a push producer we are told when the peer stops reading (buffer over 64 KiB).
         transport: Any = self.transport
         transport.registerProducer(self, True)
+        if getattr(transport, "wrappedProtocol", None) is self:
+            # A wrapper's transport (the PROXY protocol of a haproxy: endpoint) learns the
+            # client's own address from a header that comes before any of our data: count
+            # the connection when our first bytes arrive, under that address (counted now,
+            # every connection would be the proxy's, and refused past its limit).
+            self.dataReceived = self._first_data
+            return
         # Counted from the TCP connection on: one that never completes its handshake, or
         # never says what it is, holds a place like any other.
         self._counted_as = _address_key(transport)
         self._refusal = self.factory.admit(self, self._counted_as)
-        if getattr(transport, "wrappedProtocol", None) is self:
-            # A wrapper's transport (the PROXY protocol of a haproxy: endpoint) learns the
-            # client's own address from a header that comes before any of our data: count
-            # the connection again under that address when our first bytes arrive.
-            self.dataReceived = self._first_data
 
     def _first_data(self, data: bytes) -> None:
         del self.dataReceived  # the class's from now on
         transport: Any = self.transport
-        address = _address_key(transport)
-        if address != self._counted_as:
-            self.factory.leave(self, self._counted_as)
-            self._counted_as = address
-            self._refusal = self.factory.admit(self, address)
-            self.peer = peer2str(transport)
+        self._counted_as = _address_key(transport)
+        self._refusal = self.factory.admit(self, self._counted_as)
+        self.peer = peer2str(transport)
         self.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.leave(self, self._counted_as)
+        self.factory.leave(self, self._counted_as)  # nothing if it was never counted
         if self._hub_peer is not None:
             self._hub_peer.drop_queue()
         super().connectionLost(reason)

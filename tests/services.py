@@ -56,7 +56,8 @@ class RedisServer:
     every key, as a Redis restarted without persistence does.
     """
 
-    def __init__(self, persistence: bool = False) -> None:
+    def __init__(self, persistence: bool = False, password: str | None = None) -> None:
+        self.password = password
         self.binary = needs("redis-server")
         self.folder = Path(tempfile.mkdtemp(prefix="test-redis-"))
         self.port = free_port()
@@ -66,7 +67,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         argv = [
@@ -85,6 +87,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.folder / "redis.log"),
+            *(["--requirepass", self.password] if self.password else []),
         ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
@@ -113,7 +116,15 @@ class RedisServer:
         """One command through redis-cli, for looking at what the hubs wrote."""
         cli = shutil.which("redis-cli") or "redis-cli"
         result = subprocess.run(
-            [cli, "-h", "127.0.0.1", "-p", str(self.port), *args],
+            [
+                cli,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                *(["-a", self.password, "--no-auth-warning"] if self.password else []),
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=10,

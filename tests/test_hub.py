@@ -7,7 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.task import Clock
+
+from telemetry_service.bus import LocalBus
+from telemetry_service.config import Settings
 from telemetry_service.hub import Hub, Role
+from telemetry_service.store import MemoryStore
 
 from . import examples as ex
 from .fakes import FakePeer, RecordingFanout, encode
@@ -103,6 +108,39 @@ def test_dashboard_may_not_send_telemetry(hub: Hub) -> None:
     send(hub, peer, ex.packet_sent())
     assert other.sent == []
     assert peer.messages[-1]["reason"] == "ROLE_VIOLATION"
+
+
+class SharedBus(LocalBus):
+    """A bus other hubs number messages on too (as on Redis), run locally."""
+
+    shared = True
+
+
+def test_a_dashboard_waiting_for_its_resume_may_not_publish(
+    catalog: Any, clock: Clock, fanout: RecordingFanout
+) -> None:
+    """
+    A resume from a seq another hub numbered waits (at most 2 s) for this hub to read it;
+    the connection is a dashboard from its CLIENT_CONNECT on, not a connector meanwhile.
+    """
+    hub = Hub(
+        catalog,
+        Settings(),
+        clock,
+        fanout,
+        bus=lambda h: SharedBus(MemoryStore(100, 1 << 20), h.deliver),
+    )
+    other = dashboard(hub)
+    (peer,) = opened(hub)
+    store = hub.store
+    resume = {"epoch": store.epoch, "seq": store.last_seq + 5}
+    send(hub, peer, {**ex.CLIENT_CONNECT_DASHBOARD, "resume": resume})
+    send(hub, peer, ex.packet_sent())
+    assert peer.messages[-1]["reason"] == "ROLE_VIOLATION"
+    assert other.telemetry == []
+    assert hub.role_of(peer) is not Role.CONNECTOR
+    clock.advance(2)
+    assert hub.role_of(peer) is Role.DASHBOARD
 
 
 def test_connector_may_not_become_a_dashboard(hub: Hub) -> None:

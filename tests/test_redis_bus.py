@@ -27,12 +27,23 @@ class DeliveredHere:
     def __init__(self) -> None:
         self.delivered: list[StoredMessage] = []
         self.restored: list[Any] = []
+        self.presence_resets: list[list[str]] = []
 
     def deliver(self, stored: StoredMessage, message: dict[str, Any] | None = None) -> None:
         self.delivered.append(stored)
 
     def restore(self, statuses: Any, online: Any) -> None:
         self.restored.append((list(statuses), list(online)))
+
+    def reset_presence(self, online: Any) -> None:
+        self.presence_resets.append(sorted(online))
+
+    def presence(self) -> list[tuple[str | None, bool]]:
+        return [
+            (m.node_id, b'"online":true' in m.payload)
+            for m in self.delivered
+            if m.type == "NODE_PRESENCE"
+        ]
 
     def packets(self) -> list[StoredMessage]:
         return [m for m in self.delivered if m.type == "PACKET_SENT"]
@@ -53,16 +64,19 @@ async def until(predicate: Any, timeout: float = 10, what: str = "") -> None:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-async def started(redis: RedisServer, hub: DeliveredHere) -> RedisBus:
+async def started(
+    redis: RedisServer, hub: DeliveredHere, url: str | None = None, **options: Any
+) -> RedisBus:
     bus = RedisBus(
         hub,
-        RedisAddress.parse(redis.url),
+        RedisAddress.parse(url or redis.url),
         reactor,
         reactor,
         history_messages=1000,
         history_bytes=1 << 20,
         max_nodes=100,
         buffer_bytes=1 << 20,
+        **options,
     )
     bus.start()
     await until(lambda: bus.degraded is None, what="connected")
@@ -167,7 +181,9 @@ async def test_a_batch_number_is_applied_once(redis: RedisServer) -> None:
         for batch in (b"7", b"7", b"3", b"8"):
             await bus._script("submit", batch, b"100", *op)
         assert redis.command("XLEN", "telemetry-hub:log") == "2"
-        assert redis.command("HGET", "telemetry-hub:batch", bus.hub_id) == "8"
+        key = f"telemetry-hub:batch:{bus.store.epoch}:{bus.hub_id}"
+        assert redis.command("GET", key) == "8"
+        assert 0 < int(redis.command("TTL", key)) <= 86400
     finally:
         await bus.close()
 
@@ -210,16 +226,20 @@ async def test_redis_that_lost_its_last_writes_gets_a_new_epoch(redis: RedisServ
     hub = DeliveredHere()
     bus = await started(redis, hub)
     try:
+        joined(bus, "connector-a")
         submit_packets(bus, 0, 5)
         await until(lambda: len(hub.packets()) == 5, what="first five")
         old_epoch = bus.store.epoch
         # as the disk had it a moment ago: the last three writes never reached it
-        redis.command("XDEL", "telemetry-hub:log", "3-0", "4-0", "5-0")
-        redis.command("SET", "telemetry-hub:seq", "2")
+        redis.command("XDEL", "telemetry-hub:log", "4-0", "5-0", "6-0")
+        redis.command("SET", "telemetry-hub:seq", "3")
         redis.command("CLIENT", "KILL", "TYPE", "normal")
         await until(lambda: bus.epoch_changes == 1, what="a new epoch")
         assert bus.store.epoch != old_epoch
         assert redis.command("GET", "telemetry-hub:epoch") == bus.store.epoch
+        # presence is not history: the node this hub has stays online, for later hubs too
+        assert redis.command("SISMEMBER", "telemetry-hub:online", "connector-a") == "1"
+        assert hub.presence_resets == [["connector-a"]]
         submit_packets(bus, 5, 1)
         await until(lambda: len(hub.packets()) == 6, what="the next message")
         assert hub.packets()[-1].seq == 1
@@ -257,3 +277,172 @@ def test_the_lean_protocol_hands_replies_over_unchanged() -> None:
         b"*2\r\n$11\r\nPACKET_SENT\r\n$2\r\n42\r\n:5\r\n"
     )
     assert replies == [[[b"telemetry-hub:log", [[b"7-0", [b"PACKET_SENT", b"42"]]]]], 5]
+
+
+def joined(bus: RedisBus, node: str) -> None:
+    bus.node_joined(node, {"timestamp": "2026-12-02T00:00:00.000Z"})
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[RedisServer]:
+    server = RedisServer(password="s3cret")
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_redis_with_a_password_is_reconnected(
+    redis_with_password: RedisServer,
+) -> None:
+    """
+    AUTH and SELECT on a new connection to a Redis that does not answer time out; the bus
+    goes on trying (txredisapi alone would stop for good) and is back once Redis is.
+    """
+    redis = redis_with_password
+    hub = DeliveredHere()
+    url = f"redis://:s3cret@127.0.0.1:{redis.port}/3"
+    bus = await started(redis, hub, url)
+    try:
+        redis.freeze()
+        await until(lambda: bus.degraded is not None, timeout=REPLY_TIMEOUT + 3, what="noticed")
+        # long enough for reconnections (AUTH unanswered) to time out too
+        await task.deferLater(reactor, REPLY_TIMEOUT + 2, lambda: None)
+        redis.thaw()
+        await until(lambda: bus.degraded is None, timeout=10, what="back")
+        submit_packets(bus, 0, 3)
+        await until(lambda: len(hub.packets()) == 3, what="delivered after the freeze")
+        assert redis.command("-n", "3", "XLEN", "telemetry-hub:log") == "3"
+    finally:
+        redis.thaw()
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_taken_for_dead_does_not_send_applied_batches_again(
+    redis: RedisServer,
+) -> None:
+    """
+    Another hub forgets one that stopped renewing its entry; when that one comes back, the
+    batches Redis applied for it (the answers lost with its connection) are not sent again.
+    """
+    hub_a, hub_b = DeliveredHere(), DeliveredHere()
+    a = await started(redis, hub_a, presence_ttl=1.0, heartbeat=0.2)
+    b = await started(redis, hub_b, presence_ttl=1.0, heartbeat=0.2)
+    try:
+        a._applied = lambda last_seq, batch: None  # type: ignore[method-assign]
+        submit_packets(a, 0, 10)
+        await until(lambda: len(hub_a.packets()) == 10, what="delivered")
+        a._heartbeat.stop()  # silent, as a hub whose reactor is blocked
+        await until(
+            lambda: redis.command("ZSCORE", "telemetry-hub:hubs", a.hub_id) == "",
+            what="b forgets a",
+        )
+        redis.command("CLIENT", "KILL", "TYPE", "normal")
+        await until(lambda: a.degraded is not None, what="noticed")
+        await until(lambda: a.degraded is None, what="reconnected")
+        del a._applied
+        await task.deferLater(reactor, 0.5, lambda: None)
+        assert redis.command("XLEN", "telemetry-hub:log") == "10"
+        assert len(hub_b.packets()) == 10
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_that_forgot_the_scripts_is_given_them_again(redis: RedisServer) -> None:
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 5)
+        await until(lambda: len(hub.packets()) == 5, what="first five")
+        redis.command("SCRIPT", "FLUSH")
+        submit_packets(bus, 5, 5)
+        await until(lambda: len(hub.packets()) == 10, what="all ten")
+        assert bus.dropped == 0
+        assert packet_numbers(hub) == [ex.packet_id(n)[:8] for n in range(10)]
+        assert redis.command("XLEN", "telemetry-hub:log") == "10"
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_redis_takes_no_node_offline(redis: RedisServer) -> None:
+    """
+    Redis stopped for longer than a hub may be silent, then goes on: every hub's entry has
+    expired by its clock, but no hub died. None is forgotten, no node goes offline.
+
+    (Set up as Redis has it after such a stall, rather than by freezing it: which hub's
+    queued heartbeat Redis runs first when it wakes is chance, and only a heartbeat of
+    another hub than the one with the node would show the fault.)
+    """
+    hub_a, hub_b = DeliveredHere(), DeliveredHere()
+    a = await started(redis, hub_a, presence_ttl=1.0, heartbeat=0.2)
+    b = await started(redis, hub_b, presence_ttl=1.0, heartbeat=0.2)
+    try:
+        joined(a, "connector-a")
+        await until(lambda: hub_b.presence() == [("connector-a", True)], what="online")
+        a._heartbeat.stop()
+        b._heartbeat.stop()
+        seconds = int(redis.command("TIME").split()[0])
+        ten_seconds_ago = str((seconds - 10) * 1000)
+        # the last heartbeat Redis ran, and every hub's deadline, ten seconds ago
+        redis.command("SET", "telemetry-hub:beat", ten_seconds_ago)
+        for bus in (a, b):
+            redis.command("ZADD", "telemetry-hub:hubs", ten_seconds_ago, bus.hub_id)
+        b._heartbeat.start(0.2)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        assert hub_b.presence() == [("connector-a", True)]
+        assert redis.command("SISMEMBER", "telemetry-hub:online", "connector-a") == "1"
+        # a hub silent while the others go on is still taken for dead
+        await until(
+            lambda: hub_b.presence()[-1:] == [("connector-a", False)],
+            what="a's node offline once b has beaten for longer than the TTL",
+        )
+    finally:
+        await a.close()
+        await b.close()
+
+
+class FailsOnce(DeliveredHere):
+    def deliver(self, stored: StoredMessage, message: dict[str, Any] | None = None) -> None:
+        if stored.seq == 3:
+            raise RuntimeError("a bug in the hub")
+        super().deliver(stored, message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_the_hub_fails_to_deliver_does_not_stop_the_reading(
+    redis: RedisServer,
+) -> None:
+    hub = FailsOnce()
+    bus = await started(redis, hub)
+    try:
+        submit_packets(bus, 0, 5)
+        await until(lambda: len(hub.packets()) == 4, what="the other four")
+        submit_packets(bus, 5, 5)
+        await until(lambda: len(hub.packets()) == 9, what="and what came after")
+        assert bus.degraded is None
+    finally:
+        await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_epoch_takes_presence_from_redis(redis: RedisServer) -> None:
+    """
+    After Redis lost its data, what this hub believed online (from presence events of the
+    old history) is replaced by what Redis says, then by the new history's events.
+    """
+    hub = DeliveredHere()
+    bus = await started(redis, hub)
+    try:
+        joined(bus, "connector-a")
+        await until(lambda: hub.presence() == [("connector-a", True)], what="online")
+        redis.command("FLUSHALL")
+        await until(lambda: bus.epoch_changes == 1, timeout=5, what="a new epoch")
+        assert hub.presence_resets == [[]]
+        # this hub's own connector is said again in the new history
+        await until(lambda: hub.presence()[-1:] == [("connector-a", True)], what="again")
+        assert redis.command("SISMEMBER", "telemetry-hub:online", "connector-a") == "1"
+    finally:
+        await bus.close()

@@ -267,6 +267,18 @@ def test_behind_the_proxy_the_hub_sees_each_client_s_own_address(redis: RedisSer
         assert re.match(r"tcp4:127\.0\.0\.4:\d+$", record["peer"]), record
         refusal = process.wait_for(lambda r: r.get("status") == 429)
         assert refusal["reason"] == "more than 2 connections from 127.0.0.3"
+        # the proxy's own address is never counted, so never refused: the one refusal
+        # is the client's
+        assert [r["reason"] for r in process.records if r.get("status") == 429] == [
+            "more than 2 connections from 127.0.0.3"
+        ]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/metrics").read()
+        per_address = [
+            line
+            for line in metrics.decode().splitlines()
+            if line.startswith("telemetry_handshakes_refused") and "per_address" in line
+        ]
+        assert per_address and all(line.endswith(" 1.0") for line in per_address), per_address
     finally:
         if proxy is not None:
             proxy.stop()
