@@ -8,6 +8,16 @@ downstream reply is back, C{PACKET_SENT} (the last hop sends no C{PACKET_SENT});
 packets find no route (C{selectedPeer: null}). Connections come back with the real
 connector's backoff (1, 2, 4, 8, 16 s).
 
+Alongside the packets, unless C{--packets-only}, each connector sends the rest of what a
+dashboard shows, in the real connector's shapes: C{LOG} lines (about 0.3 per node per
+second for each packet/s, mostly info, a few warn, rare error); C{ACCOUNT_BALANCE} for a
+node's account with a peer every few packets forwarded across it; C{SETTLEMENT_TRIGGERED}
+then C{SETTLEMENT_COMPLETED} (one in ten fails and is retried) when a node owes a peer the
+settlement threshold; per link an EVM payment channel (C{PAYMENT_CHANNEL_OPENED} at
+start-up, C{PAYMENT_CHANNEL_BALANCE_UPDATE} per settlement, C{PAYMENT_CHANNEL_SETTLED} and
+a new channel when it is spent), and one XRP channel (C{XRP_CHANNEL_OPENED},
+C{XRP_CHANNEL_CLAIMED}, C{XRP_CHANNEL_CLOSED}). See L{Ledger} and L{LogWriter}.
+
 It doubles as a load generator: it reports what it sent and, with C{--measure}, also
 connects as a dashboard and reports the end-to-end latency that dashboard sees.
 """
@@ -21,7 +31,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -181,9 +192,567 @@ class SimulatedConnector:
         self.sent[message["type"]] = self.sent.get(message["type"], 0) + 1
 
 
+# -- the rest of the vocabulary: logs, balances, settlements and payment channels
+
+#: the asset every simulated peer account is kept in (amounts in its smallest unit)
+TOKEN = "USDC"
+#: settle with a peer once we owe it this much (5 USDC, 6 decimals): at the default rate
+#: about five settlements a minute across a five-node line
+DEFAULT_SETTLEMENT_THRESHOLD = 5_000_000
+#: seconds from SETTLEMENT_TRIGGERED to SETTLEMENT_COMPLETED (on average; +-25%)
+DEFAULT_SETTLEMENT_SECONDS = 2.0
+#: share of settlements that fail (and are retried later)
+SETTLEMENT_FAILURE = 0.1
+#: an account's ACCOUNT_BALANCE goes out after this many packets changed it
+BALANCE_EVERY = 3
+#: LOG lines per node per second: this many per packet/s, within the bounds below
+LOGS_PER_PACKET = 0.3
+LOGS_PER_NODE_MIN = 0.25
+LOGS_PER_NODE_MAX = 20.0
+#: how often each level is chosen for a LOG line (settlement outcomes add their own)
+LOG_LEVELS = (("info", 0.80), ("debug", 0.12), ("warn", 0.07), ("error", 0.01))
+#: facts the log lines are written from: the last packets forwarded, routes not found
+RECENT_FACTS = 64
+SETTLEMENT_ERRORS = (
+    "TigerBeetle transfer failed: insufficient balance",
+    "EVM transaction reverted: nonce too low",
+    "RPC request timed out after 30000 ms",
+)
+_XRP_ALPHABET = "rpshnaf39wBUDNEGHJKLM4PQRST7VWXYZ2bcdeCg65jkm8oFqi1tuvAxyz"
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+
+
+def evm_address(node: str) -> str:
+    """A node's (made-up, stable) EVM account."""
+    return "0x" + _digest("evm", node).hex()[:40]
+
+
+def xrp_address(node: str) -> str:
+    """A node's (made-up, stable) XRP Ledger account, in the ledger's base58 alphabet."""
+    return "r" + "".join(_XRP_ALPHABET[b % 58] for b in _digest("xrp", node)[:32])
+
+
+def _short(channel_id: str) -> str:
+    return f"{channel_id[:10]}..."
+
+
+Send = Callable[[str, dict[str, Any]], None]
+
+
+class LogWriter:
+    """
+    A connector's LOG lines: a steady trickle, mostly info, written from what the network
+    just did (packets forwarded, routes not found), plus the settlement outcomes.
+    """
+
+    def __init__(
+        self, send: Send, clock: IReactorTime, rng: random.Random, topology: Topology
+    ) -> None:
+        self._send = send
+        self._clock = clock
+        self._random = rng
+        self._topology = topology
+        self._credit = 0.0
+        #: (node, peer, packetId, destination, amount) of the last packets forwarded
+        self.forwards: deque[tuple[str, str, str, str, str]] = deque(maxlen=RECENT_FACTS)
+        #: (node, destination) of the last packets that found no route
+        self.failures: deque[tuple[str, str]] = deque(maxlen=RECENT_FACTS)
+
+    def log(
+        self,
+        node: str,
+        level: str,
+        message: str,
+        context: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        stamp = now_iso(self._clock)
+        data: dict[str, Any] = {
+            "level": level,
+            "timestamp": stamp,
+            "nodeId": node,
+            "message": message,
+        }
+        if correlation_id is not None:
+            data["correlationId"] = correlation_id
+        if context:
+            data["context"] = context
+        self._send(node, {"type": "LOG", "nodeId": node, "timestamp": stamp, "data": data})
+
+    def tick(self, elapsed: float, packet_rate: float) -> None:
+        per_node = min(max(LOGS_PER_PACKET * packet_rate, LOGS_PER_NODE_MIN), LOGS_PER_NODE_MAX)
+        rate = per_node * len(self._topology.nodes)
+        self._credit = min(self._credit + elapsed * rate, max(rate, 1.0))
+        while self._credit >= 1.0:
+            self._credit -= 1.0
+            self._chatter()
+
+    def _level(self) -> str:
+        pick = self._random.random()
+        for level, share in LOG_LEVELS:
+            if pick < share:
+                return level
+            pick -= share
+        return "info"
+
+    def _chatter(self) -> None:
+        rng = self._random
+        node = rng.choice(self._topology.nodes)
+        peer = rng.choice(self._topology.peers[node])
+        level = self._level()
+        # each fact is written up once at most
+        forward = next((f for f in reversed(self.forwards) if f[0] == node), None)
+        if level == "info":
+            if forward is not None and rng.random() < 0.7:
+                self.forwards.remove(forward)
+                _, peer, packet_id, destination, amount = forward
+                self.log(
+                    node,
+                    "info",
+                    f"Forwarded packet to peer {peer}",
+                    {"packetId": packet_id, "destination": destination, "amount": amount},
+                    packet_id,
+                )
+            elif rng.random() < 0.5:
+                rtt = rng.randint(1, 40)
+                self.log(
+                    node, "info", f"Peer {peer} connection healthy", {"peerId": peer, "rttMs": rtt}
+                )
+            else:
+                routes = len(self._topology.next_hop[node])
+                peers = len(self._topology.peers[node])
+                self.log(
+                    node,
+                    "info",
+                    f"Routing table refreshed: {routes} routes via {peers} peers",
+                    {"routes": routes, "peers": peers},
+                )
+        elif level == "debug":
+            if forward is not None:
+                self.forwards.remove(forward)
+                _, peer, packet_id, destination, _ = forward
+                self.log(
+                    node,
+                    "debug",
+                    f"Route lookup for {destination}: next hop {peer}",
+                    {"destination": destination, "nextHop": peer},
+                    packet_id,
+                )
+            else:
+                self.log(node, "debug", f"BTP keep-alive sent to peer {peer}", {"peerId": peer})
+        elif level == "warn":
+            failure = next((f for f in reversed(self.failures) if f[0] == node), None)
+            if failure is not None and rng.random() < 0.6:
+                self.failures.remove(failure)
+                destination = failure[1]
+                self.log(
+                    node,
+                    "warn",
+                    f"Route lookup failed for {destination}",
+                    {"destination": destination, "code": "F02"},
+                )
+            else:
+                elapsed_ms = rng.randint(800, 4000)
+                self.log(
+                    node,
+                    "warn",
+                    f"Slow fulfill from peer {peer}: {elapsed_ms} ms",
+                    {"peerId": peer, "durationMs": elapsed_ms},
+                )
+        else:
+            self.log(
+                node,
+                "error",
+                f"Packet rejected by peer {peer}: T04 Insufficient liquidity",
+                {"peerId": peer, "code": "T04"},
+            )
+
+
+@dataclass
+class _Debt:
+    """What one node owes one peer, and where that node's settlement of it stands."""
+
+    owed: int
+    state: str = "IDLE"
+    retry_at: float = 0.0
+    pending: Any = None  # the DelayedCall of the settlement's next step
+
+
+@dataclass
+class _Channel:
+    """An EVM payment channel, as its owner (the opener) sees it."""
+
+    channel_id: str
+    owner: str
+    peer: str
+    deposit: int
+    my_nonce: int = 0
+    their_nonce: int = 0
+    my_transferred: int = 0
+    their_transferred: int = 0
+
+
+@dataclass
+class _XrpChannel:
+    channel_id: str
+    owner: str
+    peer: str
+    amount: int
+    claimed: int = 0
+
+
+class Ledger:
+    """
+    The peer accounts of every node and how they settle.
+
+    Each pair of peers has two debts: what each owes the other for the packets it forwarded
+    to it. A node's account with a peer (C{ACCOUNT_BALANCE}) shows both: the peer's debt as
+    C{debitBalance}, its own as C{creditBalance}. When a node owes a peer its settlement
+    threshold it settles: C{SETTLEMENT_TRIGGERED}, then (after C{settlement_seconds})
+    C{SETTLEMENT_COMPLETED}, which sometimes fails and is retried later. Each link has an EVM
+    payment channel, opened and owned by the link's first node, whose balance proofs
+    (C{PAYMENT_CHANNEL_BALANCE_UPDATE}) follow the settlements both ways; a channel that
+    cannot carry the next settlement is settled (C{PAYMENT_CHANNEL_SETTLED}) and a new one
+    opened. The first node pays its first peer over an XRP channel instead
+    (C{XRP_CHANNEL_OPENED}, C{XRP_CHANNEL_CLAIMED}, C{XRP_CHANNEL_CLOSED} when spent).
+
+    Everything it keeps is bounded by the topology: two debts and one channel per link.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        clock: Any,
+        rng: random.Random,
+        topology: Topology,
+        logs: LogWriter,
+        threshold: int = DEFAULT_SETTLEMENT_THRESHOLD,
+        settlement_seconds: float = DEFAULT_SETTLEMENT_SECONDS,
+    ) -> None:
+        if threshold < 1:
+            raise ValueError("the settlement threshold must be at least 1")
+        self._send = send
+        self._clock = clock
+        self._random = rng
+        self._logs = logs
+        self.topology = topology
+        self.threshold = threshold
+        self.settlement_seconds = settlement_seconds
+        self.credit_limit = 3 * threshold
+        nodes = topology.nodes
+        order = {n: i for i, n in enumerate(nodes)}
+        #: (owner, peer) of every link, the owner being the node listed first
+        self.links = [(a, b) for a in nodes for b in topology.peers[a] if order[a] < order[b]]
+        self.debts = {
+            (a, b): _Debt(rng.randrange(threshold)) for a in nodes for b in topology.peers[a]
+        }
+        self.channels: dict[tuple[str, str], _Channel] = {}
+        self.xrp: _XrpChannel | None = None
+        #: the debt the first node settles over XRP
+        self.xrp_debt = (nodes[0], topology.peers[nodes[0]][0])
+        self._started = False
+        self._updates: dict[tuple[str, str], int] = {}
+        self._dirty: dict[tuple[str, str], None] = {}
+        self._due: dict[tuple[str, str], None] = {}
+
+    # -- what the simulation tells it
+
+    def forwarded(self, node: str, peer: str, amount: int) -> None:
+        """C{node} forwarded a packet of C{amount} to C{peer}, who fulfilled it."""
+        debt = self.debts.get((node, peer))
+        if debt is None:
+            return
+        debt.owed += amount
+        for account in ((node, peer), (peer, node)):
+            count = self._updates.get(account, 0) + 1
+            if count >= BALANCE_EVERY:
+                count = 0
+                self._dirty[account] = None
+            self._updates[account] = count
+        if debt.owed >= self.threshold and debt.state == "IDLE":
+            self._due[(node, peer)] = None
+
+    def tick(self) -> None:
+        if not self._started:
+            self._started = True
+            self._open()
+        dirty, self._dirty = self._dirty, {}
+        for node, peer in dirty:
+            self._balance(node, peer)
+        due, self._due = self._due, {}
+        now = self._clock.seconds()
+        for payer, payee in due:
+            debt = self.debts[(payer, payee)]
+            if debt.state == "IDLE" and debt.owed >= self.threshold and now >= debt.retry_at:
+                self._trigger(payer, payee)
+
+    def stop(self) -> None:
+        """Drop the settlements still under way: nothing more is sent."""
+        for debt in self.debts.values():
+            if debt.pending is not None and debt.pending.active():
+                debt.pending.cancel()
+            debt.pending = None
+
+    # -- events
+
+    def _flat(self, node: str, kind: str, **fields: Any) -> None:
+        # the connector's flat events: every field at the top level, no data
+        self._send(
+            node, {"type": kind, "nodeId": node, **fields, "timestamp": now_iso(self._clock)}
+        )
+
+    def _balance(self, node: str, peer: str) -> None:
+        self._updates[(node, peer)] = 0
+        self._dirty.pop((node, peer), None)
+        debit, credit = self.debts[(peer, node)], self.debts[(node, peer)]
+        self._flat(
+            node,
+            "ACCOUNT_BALANCE",
+            peerId=peer,
+            tokenId=TOKEN,
+            debitBalance=str(debit.owed),
+            creditBalance=str(credit.owed),
+            netBalance=str(debit.owed - credit.owed),
+            creditLimit=str(self.credit_limit),
+            settlementThreshold=str(self.threshold),
+            settlementState=credit.state,
+        )
+
+    def _open(self) -> None:
+        """At start-up: a channel on every link, and every account's balance."""
+        for owner, peer in self.links:
+            self._open_channel(owner, peer, 3 * self.threshold)
+        self._open_xrp(20 * self.threshold)
+        for node, peer in self.debts:
+            self._balance(node, peer)
+
+    def _open_channel(self, owner: str, peer: str, deposit: int) -> _Channel:
+        salt = self._random.getrandbits(64)
+        channel = _Channel("0x" + _digest("channel", owner, peer, salt).hex(), owner, peer, deposit)
+        self.channels[(owner, peer)] = channel
+        mine, theirs = evm_address(owner), evm_address(peer)
+        self._flat(
+            owner,
+            "PAYMENT_CHANNEL_OPENED",
+            channelId=channel.channel_id,
+            participants=[mine, theirs],
+            peerId=peer,
+            tokenAddress=evm_address(f"token:{TOKEN}"),
+            tokenSymbol=TOKEN,
+            settlementTimeout=86400,
+            initialDeposits={mine: str(deposit), theirs: str(deposit)},
+        )
+        self._logs.log(
+            owner,
+            "info",
+            f"Payment channel {_short(channel.channel_id)} opened with peer {peer}",
+            {"channelId": channel.channel_id, "peerId": peer, "deposit": str(deposit)},
+        )
+        return channel
+
+    def _open_xrp(self, amount: int) -> _XrpChannel:
+        owner, peer = self.xrp_debt
+        salt = self._random.getrandbits(64)
+        channel = _XrpChannel(
+            _digest("xrp-channel", owner, peer, salt).hex().upper(), owner, peer, amount
+        )
+        self.xrp = channel
+        self._flat(
+            owner,
+            "XRP_CHANNEL_OPENED",
+            channelId=channel.channel_id,
+            account=xrp_address(owner),
+            destination=xrp_address(peer),
+            amount=str(amount),
+            settleDelay=86400,
+            publicKey="ED" + _digest("xrp-key", owner).hex().upper(),
+            peerId=peer,
+        )
+        self._logs.log(
+            owner,
+            "info",
+            f"XRP payment channel {_short(channel.channel_id)} opened with peer {peer}",
+            {"channelId": channel.channel_id, "peerId": peer, "amount": str(amount)},
+        )
+        return channel
+
+    # -- a settlement, step by step
+
+    def _delay(self) -> float:
+        return self.settlement_seconds * self._random.uniform(0.75, 1.25)
+
+    def _trigger(self, payer: str, payee: str) -> None:
+        debt = self.debts[(payer, payee)]
+        amount = debt.owed
+        debt.state = "SETTLEMENT_PENDING"
+        self._flat(
+            payer,
+            "SETTLEMENT_TRIGGERED",
+            peerId=payee,
+            tokenId=TOKEN,
+            currentBalance=str(amount),
+            threshold=str(self.threshold),
+            exceedsBy=str(amount - self.threshold),
+            triggerReason="THRESHOLD_EXCEEDED",
+        )
+        self._balance(payer, payee)
+        self._logs.log(
+            payer,
+            "info",
+            f"Settlement threshold reached for peer {payee}",
+            {"peerId": payee, "tokenId": TOKEN, "balance": str(amount)},
+        )
+        total = self._delay()
+        debt.pending = self._clock.callLater(
+            total / 4, self._in_progress, payer, payee, amount, total * 3 / 4
+        )
+
+    def _in_progress(self, payer: str, payee: str, amount: int, remaining: float) -> None:
+        debt = self.debts[(payer, payee)]
+        debt.state = "SETTLEMENT_IN_PROGRESS"
+        self._balance(payer, payee)
+        method = self._method(payer, payee)
+        self._logs.log(
+            payer,
+            "debug",
+            f"Submitting {method} settlement of {amount} {TOKEN} to peer {payee}",
+            {"peerId": payee, "amount": str(amount), "method": method},
+        )
+        debt.pending = self._clock.callLater(remaining, self._complete, payer, payee, amount)
+
+    def _method(self, payer: str, payee: str) -> str:
+        return "XRP" if (payer, payee) == self.xrp_debt else "EVM"
+
+    def _complete(self, payer: str, payee: str, amount: int) -> None:
+        debt = self.debts[(payer, payee)]
+        debt.pending = None
+        method = self._method(payer, payee)
+        previous = debt.owed
+        success = self._random.random() >= SETTLEMENT_FAILURE
+        fields: dict[str, Any] = {}
+        if success:
+            debt.owed -= amount
+        else:
+            amount = 0
+            fields["errorMessage"] = self._random.choice(SETTLEMENT_ERRORS)
+            debt.retry_at = self._clock.seconds() + 5 * self.settlement_seconds
+        debt.state = "IDLE"
+        self._flat(
+            payer,
+            "SETTLEMENT_COMPLETED",
+            peerId=payee,
+            tokenId=TOKEN,
+            previousBalance=str(previous),
+            newBalance=str(debt.owed),
+            settledAmount=str(amount),
+            settlementType=method,
+            success=success,
+            **fields,
+        )
+        self._balance(payer, payee)
+        self._balance(payee, payer)
+        if not success:
+            self._logs.log(
+                payer,
+                "error",
+                f"Settlement with peer {payee} failed: {fields['errorMessage']}",
+                {"peerId": payee, "tokenId": TOKEN, "balance": str(previous)},
+            )
+            return
+        if method == "XRP":
+            channel_id = self._claim_xrp(amount)
+        else:
+            channel_id = self._transfer(payer, payee, amount)
+        self._logs.log(
+            payer,
+            "info",
+            f"Settlement completed with peer {payee}: {amount} {TOKEN} over {method}",
+            {"peerId": payee, "amount": str(amount), "channelId": channel_id},
+        )
+        if debt.owed >= self.threshold:
+            self._due[(payer, payee)] = None
+
+    def _transfer(self, payer: str, payee: str, amount: int) -> str:
+        """A balance proof for C{amount} from C{payer} on the link's channel."""
+        owner, peer = (payer, payee) if (payer, payee) in self.channels else (payee, payer)
+        channel = self.channels[(owner, peer)]
+        sent = channel.my_transferred if payer == owner else channel.their_transferred
+        if sent + amount > channel.deposit:
+            # spent: settle it on-chain and open the next one
+            self._flat(
+                owner,
+                "PAYMENT_CHANNEL_SETTLED",
+                channelId=channel.channel_id,
+                finalBalances={
+                    evm_address(owner): str(
+                        channel.deposit - channel.my_transferred + channel.their_transferred
+                    ),
+                    evm_address(peer): str(
+                        channel.deposit - channel.their_transferred + channel.my_transferred
+                    ),
+                },
+                settlementType="cooperative",
+            )
+            self._logs.log(
+                owner,
+                "info",
+                f"Payment channel {_short(channel.channel_id)} with peer {peer} settled",
+                {"channelId": channel.channel_id, "peerId": peer},
+            )
+            channel = self._open_channel(owner, peer, max(3 * self.threshold, 2 * amount))
+        if payer == owner:
+            channel.my_nonce += 1
+            channel.my_transferred += amount
+        else:
+            channel.their_nonce += 1
+            channel.their_transferred += amount
+        self._flat(
+            owner,
+            "PAYMENT_CHANNEL_BALANCE_UPDATE",
+            channelId=channel.channel_id,
+            myNonce=channel.my_nonce,
+            theirNonce=channel.their_nonce,
+            myTransferred=str(channel.my_transferred),
+            theirTransferred=str(channel.their_transferred),
+        )
+        return channel.channel_id
+
+    def _claim_xrp(self, amount: int) -> str:
+        channel = self.xrp
+        assert channel is not None
+        if channel.claimed + amount > channel.amount:
+            self._flat(
+                channel.owner,
+                "XRP_CHANNEL_CLOSED",
+                channelId=channel.channel_id,
+                finalBalance=str(channel.claimed),
+                closeType="cooperative",
+                peerId=channel.peer,
+            )
+            channel = self._open_xrp(max(20 * self.threshold, 2 * amount))
+        channel.claimed += amount
+        self._flat(
+            channel.owner,
+            "XRP_CHANNEL_CLAIMED",
+            channelId=channel.channel_id,
+            claimAmount=str(channel.claimed),
+            remainingBalance=str(channel.amount - channel.claimed),
+            peerId=channel.peer,
+        )
+        return channel.channel_id
+
+
 class Simulation:
     """
-    A network of simulated connectors, sending packets at a chosen rate.
+    A network of simulated connectors, sending packets at a chosen rate, and (unless
+    C{packets_only}) the LOG lines, account balances, settlements and payment channels that
+    go with them.
+
+    The packets' randomness comes from C{seed}; the rest has a stream of its own, derived
+    from the same seed, so a seed gives the same packets either way.
     """
 
     def __init__(
@@ -196,6 +765,9 @@ class Simulation:
         seed: int | None = None,
         hop_seconds: float = 0.002,
         token: str | None = None,
+        packets_only: bool = False,
+        settlement_threshold: int = DEFAULT_SETTLEMENT_THRESHOLD,
+        settlement_seconds: float = DEFAULT_SETTLEMENT_SECONDS,
     ) -> None:
         self.reactor = reactor
         self.topology = topology
@@ -212,6 +784,23 @@ class Simulation:
         }
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
+        self.logs: LogWriter | None = None
+        self.ledger: Ledger | None = None
+        if not packets_only:
+            side = random.Random(None if seed is None else f"{seed}:ledger")
+            self.logs = LogWriter(self._send, reactor, side, topology)
+            self.ledger = Ledger(
+                self._send,
+                reactor,
+                side,
+                topology,
+                self.logs,
+                settlement_threshold,
+                settlement_seconds,
+            )
+
+    def _send(self, node: str, message: dict[str, Any]) -> None:
+        self.connectors[node].send(message)
 
     def _status(self, node: str) -> dict[str, Any]:
         peers = self.topology.peers[node]
@@ -251,6 +840,8 @@ class Simulation:
         """
         if self._loop.running:
             self._loop.stop()
+        if self.ledger is not None:
+            self.ledger.stop()
         in_flight = 2 * len(self.topology.nodes) * self.hop_seconds + 0.05
         await task.deferLater(self.reactor, in_flight, lambda: None)
         await defer.DeferredList(
@@ -259,11 +850,16 @@ class Simulation:
 
     def _tick(self) -> None:
         now = self.reactor.seconds()
-        self._credit = min(self._credit + (now - self._last) * self.rate, max(self.rate, 1.0))
+        elapsed = now - self._last
+        self._credit = min(self._credit + elapsed * self.rate, max(self.rate, 1.0))
         self._last = now
         while self._credit >= 1.0:
             self._credit -= 1.0
             self.send_packet()
+        # the rest of the vocabulary goes out from here, never from a packet's own events
+        if self.ledger is not None and self.logs is not None:
+            self.ledger.tick()
+            self.logs.tick(elapsed, self.rate)
 
     def send_packet(self) -> None:
         """One packet through the network, every hop's events in the real order."""
@@ -275,6 +871,8 @@ class Simulation:
         if self.random.random() < self.no_route:
             target = f"g.unknown{self.random.randint(1, 99)}.dest"
             self._hop(source, packet_id, "sender", target, amount, None, "no route found")
+            if self.logs is not None:
+                self.logs.failures.append((source, target))
             return
         target = f"{Topology.address(destination)}.dest"
         path = self.topology.path(source, destination)
@@ -304,9 +902,13 @@ class Simulation:
                 path[i],
                 packet_id,
                 path[i + 1],
+                target,
+                amount,
             )
 
-    def _sent(self, node: str, packet_id: str, next_hop: str) -> None:
+    def _sent(
+        self, node: str, packet_id: str, next_hop: str, destination: str, amount: str
+    ) -> None:
         self.connectors[node].send(
             self._event(
                 node,
@@ -314,6 +916,10 @@ class Simulation:
                 {"packetId": packet_id, "nextHop": next_hop, "timestamp": now_iso(self.reactor)},
             )
         )
+        # fulfilled: this node now owes its next hop the amount
+        if self.ledger is not None and self.logs is not None:
+            self.ledger.forwarded(node, next_hop, int(amount))
+            self.logs.forwards.append((node, next_hop, packet_id, destination, amount))
 
     def _hop(
         self,
@@ -446,6 +1052,19 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         help="milliseconds each hop takes to forward a packet (default 2)",
     )
     parser.add_argument(
+        "--packets-only",
+        action="store_true",
+        help="send only NODE_STATUS and the packet events: no LOG, balances, settlements or "
+        "payment channels",
+    )
+    parser.add_argument(
+        "--settlement-threshold",
+        type=int,
+        default=DEFAULT_SETTLEMENT_THRESHOLD,
+        help="settle with a peer once a node owes it this much "
+        f"(default {DEFAULT_SETTLEMENT_THRESHOLD}, in {TOKEN}'s smallest unit)",
+    )
+    parser.add_argument(
         "--measure",
         action="store_true",
         help="also connect as a dashboard and report end-to-end latency",
@@ -463,6 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         topology = Topology.build(args.topology, args.nodes, args.prefix)
+        if args.settlement_threshold < 1:
+            raise ValueError("--settlement-threshold must be at least 1")
     except ValueError as e:
         raise SystemExit(f"telemetry-sim: {e}") from None
     task.react(_run, (args, topology))
@@ -478,6 +1099,8 @@ async def _run(reactor: Any, args: argparse.Namespace, topology: Topology) -> No
         args.seed,
         args.hop_ms / 1000,
         args.token,
+        packets_only=args.packets_only,
+        settlement_threshold=args.settlement_threshold,
     )
     meter = LatencyMeter()
     measuring = None
