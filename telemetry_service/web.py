@@ -45,6 +45,8 @@ IDLE_SECONDS = 30.0
 MAX_BODY_BYTES = 64 * 1024
 #: a path segment with one of these is no file of ours (NUL makes the OS refuse the path)
 _UNPRINTABLE = re.compile(rb"[\x00-\x1f\x7f]")
+#: the CSP hash of the <style> Cytoscape 3.35.0 inserts (reported by Chromium when blocked)
+CYTOSCAPE_STYLE_HASH = "sha256-pgvDUBa4IjFA2yuSJ2cqcyxmNYJMborsd0ORcRv9vw8="
 #: what a Host header may be, to be named in the Content-Security-Policy
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})$")
 
@@ -403,7 +405,10 @@ class HubSite(Site):
         if _HOST.match(host) and port is not None:
             sockets = f"ws://{host}:{port} wss://{host}:{port}"
         return (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            # the hash is the one stylesheet the vendored Cytoscape inserts for its container
+            # (position: relative, and so on); without it the graph's container is unstyled
+            "default-src 'none'; script-src 'self'; "
+            f"style-src 'self' '{CYTOSCAPE_STYLE_HASH}'; img-src 'self' data:; "
             f"connect-src 'self' {sockets}; frame-ancestors 'none'; base-uri 'none'; "
             "form-action 'none'"
         ).encode("ascii")

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,156 @@ def test_the_page_shows_the_live_network(hub: HubProcess, simulator: Any) -> Non
 
 async def _state_is(page: Any, node: str, state: str) -> bool:
     return (await node_states(page)).get(node) == state
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_details_logs_settlements_and_channels(hub: HubProcess) -> None:
+    """
+    The panels beyond the topology, fed by a connector of our own in the real connector's
+    shapes: node details (routes, peers, uptime in seconds), a peer that never reports, the
+    log viewer and its filters, and the settlement panels loaded from the hub's HTTP API on
+    open, kept live, and loaded again after a reload; no console error throughout.
+    """
+    from playwright.async_api import async_playwright
+
+    RESULTS.mkdir(exist_ok=True)
+    ws_port, http_port = hub.wait_listening(), hub.wait_http()
+    channel_id = ex.FLAT_EVENTS["PAYMENT_CHANNEL_OPENED"]["channelId"]
+
+    def flat(kind: str, **fields: Any) -> dict[str, Any]:
+        event = {**ex.FLAT_EVENTS[kind], **fields}
+        return {k: v for k, v in event.items() if v is not None}
+
+    def log(level: str, message: str) -> dict[str, Any]:
+        event = ex.log_event("connector-a")
+        event["data"].update(level=level, message=message)
+        return event
+
+    async def rows(page: Any, selector: str) -> list[str]:
+        texts: list[str] = await page.eval_on_selector_all(
+            f"{selector} tbody tr", "rows => rows.map(r => r.innerText.replace(/\\s+/g, ' '))"
+        )
+        return texts
+
+    async def scenario() -> None:
+        connector = await websockets.connect(f"ws://127.0.0.1:{ws_port}/")
+        # before the page opens: the page must load these from /api/*
+        for event in (
+            # stamped now: the page counts uptime on from the status's own time
+            {**ex.node_status("connector-a", uptime=3600), "timestamp": now_iso()},
+            flat("ACCOUNT_BALANCE"),
+            flat("SETTLEMENT_TRIGGERED"),
+            flat("SETTLEMENT_COMPLETED"),  # a failed one, as the connector reports it
+            flat("PAYMENT_CHANNEL_OPENED"),
+        ):
+            await connector.send(json.dumps(event))
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 1400})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on(
+                "console",
+                lambda msg: errors.append(msg.text) if msg.type == "error" else None,
+            )
+            await page.goto(f"http://127.0.0.1:{http_port}/")
+            await page.wait_for_selector("#hub-state[data-state=connected]", timeout=15_000)
+
+            async def loaded() -> bool:
+                return (
+                    len(await rows(page, "#balances")) == 1
+                    and len(await rows(page, "#settlements")) == 2
+                    and len(await rows(page, "#channels")) == 1
+                )
+
+            await wait_for(page, loaded, "balances, settlements and channels from the API")
+            assert "-1000" in (await rows(page, "#balances"))[0]
+            events = await page.eval_on_selector_all(
+                "#settlements tbody tr", "rows => rows.map(r => r.dataset.event)"
+            )
+            assert events == ["failed", "triggered"]  # newest first
+
+            # live: logs, a balance change, a settlement, a channel update
+            for event in (
+                log("info", "Packet forwarded to connectorB"),
+                log("warn", "Peer connectorB slow to answer"),
+                log("error", "Route lookup failed for g.nowhere"),
+                flat("ACCOUNT_BALANCE", netBalance="-4200", creditBalance="4200"),
+                flat(
+                    "SETTLEMENT_COMPLETED",
+                    success=True,
+                    settledAmount="5500",
+                    newBalance="0",
+                    errorMessage=None,
+                ),
+                {
+                    **ex.FLAT_EVENTS["PAYMENT_CHANNEL_BALANCE_UPDATE"],
+                    "channelId": channel_id,
+                },
+            ):
+                await connector.send(json.dumps(event))
+
+            async def live() -> bool:
+                return (
+                    len(await rows(page, "#logs")) == 3
+                    and len(await rows(page, "#settlements")) == 3
+                    and "-4200" in " ".join(await rows(page, "#balances"))
+                    and "250000000 sent" in " ".join(await rows(page, "#channels"))
+                )
+
+            await wait_for(page, live, "live logs, balance, settlement and channel update")
+            assert len(await rows(page, "#balances")) == 1, "one balance per node, peer, token"
+            logs = await rows(page, "#logs")
+            assert "Route lookup failed" in logs[0] and "Packet forwarded" in logs[2]
+            await page.select_option("#log-level", "warn")
+            levels = await page.eval_on_selector_all(
+                "#logs tbody tr", "rows => rows.map(r => r.dataset.level)"
+            )
+            assert levels == ["warn"]
+            await page.select_option("#log-level", "")
+            await page.fill("#log-text", "route lookup")
+            assert len(await rows(page, "#logs")) == 1
+            await page.fill("#log-node", "connector-z")
+            assert await rows(page, "#logs") == []
+            await page.fill("#log-node", "")
+            await page.fill("#log-text", "")
+
+            # node details: routes, peers, uptime in seconds (3600 s is an hour, not "3s")
+            await page.click("#nodes tbody tr[data-node-id=connector-a]")
+            await page.wait_for_selector("#details-panel:not([hidden])")
+            assert (await page.inner_text("#details-uptime")).startswith("1h 0m")
+            assert await rows(page, "#details-routes") == ["g.connectorB connectorB"]
+            assert await rows(page, "#details-peers") == ["connectorB yes"]
+            await page.screenshot(path=str(RESULTS / "panels.png"), full_page=True)
+            # the peer that never reported: drawn, and its details say so
+            await page.evaluate("cy.getElementById('connectorB').emit('tap')")
+            await wait_for(
+                page,
+                lambda: _text_is(page, "#details-state", "has not reported"),
+                "connectorB's details",
+            )
+
+            # a reload: the settlement panels come back from the hub, with the live changes
+            await page.reload()
+            await page.wait_for_selector("#hub-state[data-state=connected]", timeout=15_000)
+
+            async def reloaded() -> bool:
+                return (
+                    len(await rows(page, "#settlements")) == 3
+                    and "-4200" in " ".join(await rows(page, "#balances"))
+                    and "250000000 sent" in " ".join(await rows(page, "#channels"))
+                )
+
+            await wait_for(page, reloaded, "the panels after a reload")
+            assert errors == []
+            await browser.close()
+        await connector.close()
+
+    asyncio.run(scenario())
+
+
+async def _text_is(page: Any, selector: str, expected: str) -> bool:
+    return bool(await page.inner_text(selector) == expected)

@@ -4,6 +4,10 @@
 "use strict";
 
 const MAX_PACKETS = 40;         // packets kept and shown
+const MAX_LOGS = 500;           // LOG events kept (the filters search these)
+const SHOWN_LOGS = 200;         // ... and at most this many rows drawn
+const MAX_SETTLEMENTS = 100;    // settlement events kept, as the hub's API keeps them
+const MAX_RECORDS = 1000;       // balances kept, and channels kept
 const RATE_WINDOW_S = 10;       // packets/s is averaged over this many seconds
 const UNREACHABLE_AFTER_MS = 3000;
 const COLORS = { healthy: "#2e7d32", starting: "#f9a825", unhealthy: "#c62828", offline: "#9e9e9e" };
@@ -11,6 +15,12 @@ const COLORS = { healthy: "#2e7d32", starting: "#f9a825", unhealthy: "#c62828", 
 const state = {
   nodes: new Map(),    // nodeId -> node record
   packets: new Map(),  // packetId -> packet record, oldest first
+  logs: [],            // LOG events, oldest first
+  balances: new Map(), // "node|peer|token" -> balance, as /api/balances lists them
+  settlements: [],     // settlement events, oldest first
+  settlementSeqs: new Set(),
+  channels: new Map(), // channelId -> channel, as /api/channels lists them
+  selected: null,      // the node whose details are shown
   epoch: null,
   seq: null,
   connected: false,
@@ -98,6 +108,7 @@ function nodeRecord(id) {
   let node = state.nodes.get(id);
   if (!node) {
     node = { id, health: "starting", online: true, reported: false, peers: [], routes: [],
+             routeTable: [], peerTable: [], uptime: null, uptimeAt: 0, offlineSince: null,
              peersConnected: 0, totalPeers: 0, received: 0, sent: 0, noRoute: 0,
              buckets: new Array(RATE_WINDOW_S).fill(0), bucketAt: 0 };
     state.nodes.set(id, node);
@@ -142,24 +153,215 @@ function addHop(packet, nodeId) {
   if (packet.hops.length > 16) packet.hops.shift();
 }
 
+// Flat events (ACCOUNT_BALANCE, SETTLEMENT_*, channels) carry their fields at the top;
+// some connector versions nest them in data. Either way, one object to read from.
+function flat(m) {
+  const d = m.data && typeof m.data === "object" && !Array.isArray(m.data) ? m.data : {};
+  return { ...d, ...m };
+}
+
+// anything to a short display string: events of unexpected shape must never break the page
+function text(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "object") return JSON.stringify(value).slice(0, 200);
+  return String(value).slice(0, 500);
+}
+
+function setOnline(node, online) {
+  if (node.online && !online) node.offlineSince = Date.now();
+  if (online) node.offlineSince = null;
+  node.online = online;
+}
+
+function bounded(map) {
+  while (map.size > MAX_RECORDS) map.delete(map.keys().next().value);
+}
+
+function putBalance(f, live) {
+  const key = `${text(f.nodeId)}|${text(f.peerId)}|${text(f.tokenId)}`;
+  // what the API served on load must not undo a newer live update
+  if (!live && state.balances.has(key)) return;
+  state.balances.delete(key);
+  state.balances.set(key, { nodeId: text(f.nodeId), peerId: text(f.peerId), tokenId: text(f.tokenId),
+    netBalance: text(f.netBalance), settlementThreshold: text(f.settlementThreshold),
+    settlementState: text(f.settlementState) });
+  bounded(state.balances);
+}
+
+function addSettlement(m) {
+  // the API's events carry the hub's seq too: one seen live and listed again is kept once
+  if (typeof m.seq === "number") {
+    if (state.settlementSeqs.has(m.seq)) return;
+    state.settlementSeqs.add(m.seq);
+  }
+  const f = flat(m);
+  let event = "triggered", amount = text(f.currentBalance), outcome = "";
+  if (m.type === "SETTLEMENT_COMPLETED") {
+    event = f.success === false ? "failed" : "completed";
+    amount = text(f.settledAmount);
+    outcome = f.success === false ? text(f.errorMessage) : "";
+  }
+  state.settlements.push({ time: f.timestamp, nodeId: text(f.nodeId), peerId: text(f.peerId),
+                           event, amount, outcome, seq: m.seq });
+  while (state.settlements.length > MAX_SETTLEMENTS) {
+    state.settlementSeqs.delete(state.settlements.shift().seq);
+  }
+}
+
+// The channel records and their changes are those of the hub's /api/channels
+// (telemetry_service/settlement.py), so a channel loaded from it and one followed live
+// look the same.
+function channelEvent(m) {
+  const f = flat(m);
+  const id = text(f.channelId);
+  if (!id) return;
+  const base = { channelId: id, nodeId: text(f.nodeId), peerId: text(f.peerId), status: "active",
+                 openedAt: f.timestamp, lastActivityAt: f.timestamp };
+  let channel = state.channels.get(id);
+  switch (m.type) {
+    case "PAYMENT_CHANNEL_OPENED":
+      channel = { ...base, tokenSymbol: text(f.tokenSymbol), myTransferred: "0", theirTransferred: "0" };
+      break;
+    case "XRP_CHANNEL_OPENED":
+      channel = { ...base, settlementMethod: "xrp", tokenSymbol: "XRP", xrpAmount: text(f.amount), xrpBalance: "0" };
+      break;
+    case "AGENT_CHANNEL_OPENED":
+      channel = { ...base, settlementMethod: text(f.chain), tokenSymbol: text(f.chain).toUpperCase(),
+                  balance: text(f.amount) };
+      break;
+    default:
+      if (!channel) return;  // a channel never seen open: its event is still in the logs
+      if (m.type === "PAYMENT_CHANNEL_BALANCE_UPDATE") {
+        channel.myTransferred = text(f.myTransferred);
+        channel.theirTransferred = text(f.theirTransferred);
+      } else if (m.type === "XRP_CHANNEL_CLAIMED") {
+        channel.xrpBalance = text(f.claimAmount);
+      } else if (m.type === "AGENT_CHANNEL_BALANCE_UPDATE") {
+        channel.balance = text(f.newBalance);
+      } else if (m.type.endsWith("_CLOSED") || m.type.endsWith("_SETTLED")) {
+        channel.status = "settled";
+      }
+      channel.lastActivityAt = f.timestamp;
+  }
+  state.channels.delete(id);
+  state.channels.set(id, channel);
+  bounded(state.channels);
+}
+
+function channelKind(c) {
+  return c.settlementMethod === "xrp" ? "XRP" : text(c.tokenSymbol || c.settlementMethod || "EVM");
+}
+
+function channelBalance(c) {
+  if (c.settlementMethod === "xrp") return `${text(c.xrpBalance)} of ${text(c.xrpAmount)}`;
+  if (c.balance !== undefined && c.myTransferred === undefined) return text(c.balance);
+  return `${text(c.myTransferred)} sent / ${text(c.theirTransferred)} received`;
+}
+
+// the hub's state for the settlement panels, once per fresh start (resumes miss nothing)
+async function loadSettlementState() {
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  const get = async (path) => {
+    const response = await fetch(path + query, { cache: "no-store" });
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    const body = await response.json();
+    return Array.isArray(body) ? body : [];
+  };
+  try {
+    const [balances, settlements, channels] = await Promise.all(
+      [get("api/balances"), get("api/settlements/recent"), get("api/channels")]);
+    for (const b of balances) if (b && typeof b === "object") putBalance(b, false);
+    for (const e of settlements.slice().reverse()) if (e && typeof e === "object") addSettlement(e);
+    for (const c of channels) {
+      if (c && typeof c === "object" && c.channelId && !state.channels.has(c.channelId)) {
+        state.channels.set(text(c.channelId), c);
+      }
+    }
+    bounded(state.channels);
+    state.settlements.sort((a, b) => timeValue(a.time) - timeValue(b.time));
+    scheduleRender();
+  } catch (error) {
+    console.warn("settlement state not loaded:", error.message);
+  }
+}
+
+function timeValue(stamp) {
+  if (typeof stamp === "number") return stamp;
+  const t = Date.parse(stamp);
+  return Number.isNaN(t) ? 0 : t;
+}
+
+function clock(stamp) {
+  const t = timeValue(stamp);
+  return t ? new Date(t).toLocaleTimeString() : "";
+}
+
+function duration(seconds) {
+  seconds = Math.max(0, Math.floor(seconds));
+  const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600);
+  const m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
+  if (d) return `${d}d ${h}h`;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+
+function stateText(node) {
+  if (!node.reported) return "has not reported";
+  if (node.online) return node.health;
+  return node.offlineSince ? `offline for ${duration((Date.now() - node.offlineSince) / 1000)}` : "offline";
+}
+
 const handlers = {
   NODE_STATUS(m) {
     const node = nodeRecord(m.nodeId);
-    const d = m.data || {};
+    const d = m.data && typeof m.data === "object" ? m.data : {};
+    // a node first seen offline (in a replay) has been so since before this page knew it
+    if (!node.reported && m.online === false) node.online = false;
     node.reported = true;
-    node.health = d.health || "starting";
-    node.online = m.online !== false;
-    node.peers = (d.peers || []).map((p) => p.id).slice(0, 200);
-    node.routes = (d.routes || []).map((r) => r.nextHop).slice(0, 200);
+    node.health = ["healthy", "unhealthy", "starting"].includes(d.health) ? d.health : "starting";
+    setOnline(node, m.online !== false);
+    const peers = Array.isArray(d.peers) ? d.peers.slice(0, 200) : [];
+    const routes = Array.isArray(d.routes) ? d.routes.slice(0, 200) : [];
+    node.peers = peers.map((p) => text(p && p.id)).filter(Boolean);
+    node.routes = routes.map((r) => text(r && r.nextHop)).filter(Boolean);
+    node.peerTable = peers.map((p) => ({ id: text(p && p.id), connected: Boolean(p && p.connected) }));
+    node.routeTable = routes.map((r) => ({ prefix: text(r && r.prefix), nextHop: text(r && r.nextHop) }));
+    // uptime comes in seconds (the m2m dashboard read it as milliseconds and showed "0s")
+    node.uptime = typeof d.uptime === "number" && d.uptime >= 0 ? d.uptime : null;
+    // as of the status's own time (a replayed status may be hours old), never the future
+    node.uptimeAt = Math.min(timeValue(m.timestamp) || Date.now(), Date.now());
     node.peersConnected = d.peersConnected ?? (d.peers || []).filter((p) => p.connected).length;
     node.totalPeers = d.totalPeers ?? (d.peers || []).length;
     syncGraph(node);
   },
   NODE_PRESENCE(m) {
     const node = nodeRecord(m.nodeId);
-    node.online = m.online;
+    setOnline(node, m.online !== false);
     syncGraph(node);
   },
+  LOG(m) {
+    const f = flat(m);
+    state.logs.push({ time: f.timestamp, level: text(f.level || "info").toLowerCase(),
+                      node: text(m.nodeId || f.nodeId), message: text(f.message) });
+    if (state.logs.length > MAX_LOGS) state.logs.splice(0, state.logs.length - MAX_LOGS);
+  },
+  ACCOUNT_BALANCE(m) {
+    putBalance(flat(m), true);
+  },
+  SETTLEMENT_TRIGGERED(m) { addSettlement(m); },
+  SETTLEMENT_COMPLETED(m) { addSettlement(m); },
+  PAYMENT_CHANNEL_OPENED(m) { channelEvent(m); },
+  PAYMENT_CHANNEL_BALANCE_UPDATE(m) { channelEvent(m); },
+  PAYMENT_CHANNEL_SETTLED(m) { channelEvent(m); },
+  XRP_CHANNEL_OPENED(m) { channelEvent(m); },
+  XRP_CHANNEL_CLAIMED(m) { channelEvent(m); },
+  XRP_CHANNEL_CLOSED(m) { channelEvent(m); },
+  AGENT_CHANNEL_OPENED(m) { channelEvent(m); },
+  AGENT_CHANNEL_BALANCE_UPDATE(m) { channelEvent(m); },
+  AGENT_CHANNEL_PAYMENT_SENT(m) { channelEvent(m); },
+  AGENT_CHANNEL_CLOSED(m) { channelEvent(m); },
   PACKET_RECEIVED(m) {
     const node = nodeRecord(m.nodeId);
     node.received += 1;
@@ -204,7 +406,8 @@ function handle(message) {
     state.seq = message.seq;
     if (message.status !== "resumed") {
       // the snapshot follows: start the picture again from it
-      for (const node of state.nodes.values()) node.online = false;
+      for (const node of state.nodes.values()) setOnline(node, false);
+      loadSettlementState();
     }
     return;
   }
@@ -238,7 +441,8 @@ function render() {
     tr.dataset.state = status;
     const stateCell = document.createElement("td");
     stateCell.innerHTML = `<span class="dot ${status}"></span>`;
-    stateCell.append(status);
+    stateCell.append(stateText(node));
+    if (node.id === state.selected) tr.className = "selected";
     tr.append(cell(node.id), stateCell, cell(`${node.peersConnected}/${node.totalPeers}`, "num"),
       cell(String(node.received), "num received"), cell(String(node.sent), "num sent"),
       cell(String(node.noRoute), "num"), cell(rate(node).toFixed(1), "num rate"));
@@ -259,6 +463,10 @@ function render() {
   }
   document.querySelector("#packets tbody").replaceChildren(...packetRows);
 
+  renderDetails();
+  renderLogs();
+  renderSettlementPanels();
+
   for (const node of state.nodes.values()) {
     const element = cy.getElementById(node.id);
     if (!element.empty()) {
@@ -268,6 +476,91 @@ function render() {
   }
 }
 setInterval(render, 1000);  // rates decay even when nothing arrives
+
+function row(...cells) {
+  const tr = document.createElement("tr");
+  tr.append(...cells);
+  return tr;
+}
+
+function renderDetails() {
+  const panel = document.getElementById("details-panel");
+  const node = state.selected && state.nodes.get(state.selected);
+  if (!node) { panel.hidden = true; return; }
+  panel.hidden = false;
+  document.getElementById("details-id").textContent = node.id;
+  document.getElementById("details-state").textContent = stateText(node);
+  const uptime = node.uptime === null ? "unknown"
+    : duration(node.uptime + (node.online ? (Date.now() - node.uptimeAt) / 1000 : 0));
+  document.getElementById("details-uptime").textContent = uptime;
+  document.getElementById("details-received").textContent = String(node.received);
+  document.getElementById("details-sent").textContent = String(node.sent);
+  document.getElementById("details-noroute").textContent = String(node.noRoute);
+  document.querySelector("#details-routes tbody").replaceChildren(
+    ...node.routeTable.map((r) => row(cell(r.prefix), cell(r.nextHop))));
+  document.querySelector("#details-peers tbody").replaceChildren(
+    ...node.peerTable.map((p) => row(cell(p.id), cell(p.connected ? "yes" : "no", p.connected ? "ok" : "bad"))));
+}
+
+function renderLogs() {
+  const level = document.getElementById("log-level").value;
+  const nodeFilter = document.getElementById("log-node").value.trim().toLowerCase();
+  const textFilter = document.getElementById("log-text").value.trim().toLowerCase();
+  const rows = [];
+  let matching = 0;
+  for (let i = state.logs.length - 1; i >= 0; i--) {
+    const log = state.logs[i];
+    if (level && log.level !== level) continue;
+    if (nodeFilter && !log.node.toLowerCase().includes(nodeFilter)) continue;
+    if (textFilter && !log.message.toLowerCase().includes(textFilter)) continue;
+    matching += 1;
+    if (rows.length < SHOWN_LOGS) {
+      const tr = row(cell(clock(log.time)), cell(log.level, `level-${log.level}`), cell(log.node), cell(log.message, "msg"));
+      tr.dataset.level = log.level;
+      rows.push(tr);
+    }
+  }
+  document.querySelector("#logs tbody").replaceChildren(...rows);
+  document.getElementById("log-count").textContent = `${matching} of ${state.logs.length}`;
+}
+
+function renderSettlementPanels() {
+  document.querySelector("#balances tbody").replaceChildren(...[...state.balances.values()].map((b) =>
+    row(cell(b.nodeId), cell(b.peerId), cell(b.tokenId), cell(b.netBalance, "num"),
+        cell(b.settlementThreshold, "num"), cell(b.settlementState))));
+  document.querySelector("#settlements tbody").replaceChildren(...state.settlements.slice().reverse().map((e) => {
+    const tr = row(cell(clock(e.time)), cell(e.nodeId), cell(e.peerId),
+                   cell(e.outcome ? `${e.event}: ${e.outcome}` : e.event, e.event === "failed" ? "bad" : e.event === "completed" ? "ok" : ""),
+                   cell(e.amount, "num"));
+    tr.dataset.event = e.event;
+    return tr;
+  }));
+  document.querySelector("#channels tbody").replaceChildren(...[...state.channels.values()].reverse().map((c) => {
+    const id = document.createElement("td");
+    id.innerHTML = "<code></code>";
+    id.firstChild.textContent = text(c.channelId).slice(0, 14);
+    id.title = text(c.channelId);
+    const tr = row(id, cell(text(c.nodeId)), cell(text(c.peerId)), cell(channelKind(c)),
+                   cell(text(c.status)), cell(channelBalance(c), "num"));
+    tr.dataset.channelId = text(c.channelId);
+    return tr;
+  }));
+}
+
+function select(nodeId) {
+  if (nodeId) nodeRecord(nodeId);  // a peer that never reported has details too: it says so
+  state.selected = nodeId;
+  render();
+}
+document.querySelector("#nodes tbody").addEventListener("click", (event) => {
+  const tr = event.target.closest("tr");
+  if (tr && tr.dataset.nodeId) select(tr.dataset.nodeId);
+});
+cy.on("tap", "node", (event) => select(event.target.id()));
+document.getElementById("details-close").addEventListener("click", () => select(null));
+for (const id of ["log-level", "log-node", "log-text"]) {
+  document.getElementById(id).addEventListener("input", () => renderLogs());
+}
 
 // -- the connection
 
