@@ -174,6 +174,44 @@ def test_the_page_shows_the_live_network(hub: HubProcess, simulator: Any) -> Non
             )
             assert any(" → " in p for p in paths)
 
+            # history as pictures: a line per message type with its rate, a sparkline per
+            # node, and the hub's rejections
+            async def charted() -> dict[str, float]:
+                legend = await page.eval_on_selector_all(
+                    "#rate-legend li", "items => items.map(i => [i.dataset.series, i.dataset.rate])"
+                )
+                return {name: float(rate) for name, rate in legend if float(rate) > 0}
+
+            rates = await wait_for(page, charted, "charted message rates")
+            assert {"PACKET_RECEIVED", "ROUTE_LOOKUP"} <= rates.keys(), rates
+            sparks = await page.eval_on_selector_all("#nodes td canvas.spark", "c => c.length")
+            assert sparks == len(await node_states(page))
+            async with websockets.connect(f"ws://127.0.0.1:{ws_port}/") as bad:
+                for _ in range(20):  # a PACKET_SENT without its data: refused
+                    await bad.send(json.dumps({**ex.packet_sent("connector-bad"), "data": 5}))
+                    await bad.recv()
+            await wait_for(
+                page, lambda: _has_series(page, "rejected"), "the rejected rate in the chart"
+            )
+
+            # a chain is drawn as one: in order along the row
+            xs = await page.evaluate(
+                "['connector-a','connector-b','connector-c','connector-d']"
+                ".map(id => cy.getElementById(id).position('x'))"
+            )
+            assert xs == sorted(xs) or xs == sorted(xs, reverse=True), xs
+            # packets in flight: the edges show which way traffic goes
+            directed = await page.evaluate("cy.edges('.fwd, .rev').length")
+            assert directed >= 1
+            # a packet's details: its fields and its path hop by hop
+            await page.click("#packets tbody tr")
+            await page.wait_for_selector("#packet-panel:not([hidden])")
+            fields = await page.eval_on_selector_all(
+                "#packet-fields dd", "dds => dds.map(d => d.dataset.field)"
+            )
+            assert {"outcome", "destination", "amount"} <= set(fields), fields
+            assert await page.eval_on_selector_all("#packet-path li", "l => l.length") >= 1
+
             # a node of our own: unhealthy (red), offline when it stops, back when it returns
             extra = ExtraConnector(ws_port)
             await extra.start(first=True)
@@ -359,3 +397,10 @@ def test_details_logs_settlements_and_channels(hub: HubProcess) -> None:
 
 async def _text_is(page: Any, selector: str, expected: str) -> bool:
     return bool(await page.inner_text(selector) == expected)
+
+
+async def _has_series(page: Any, name: str) -> bool:
+    rate = await page.eval_on_selector_all(
+        f"#rate-legend li[data-series={name}]", "items => items.map(i => i.dataset.rate)"
+    )
+    return bool(rate) and float(rate[0]) > 0

@@ -8,6 +8,38 @@ const MAX_LOGS = 500;           // LOG events kept (the filters search these)
 const SHOWN_LOGS = 200;         // ... and at most this many rows drawn
 const MAX_SETTLEMENTS = 100;    // settlement events kept, as the hub's API keeps them
 const MAX_RECORDS = 1000;       // balances kept, and channels kept
+const HISTORY_S = 300;          // the messages/s chart's window
+const SPARK_S = 60;             // each node's sparkline
+const MAX_SERIES = 12;          // message types charted apart; the rest are "other"
+const MAX_FLYING = 40;          // packet dots on the graph at once
+const FLIGHTS_PER_S = 25;       // new dots per second at most (the rest are not drawn)
+const FLIGHT_MS = 700;
+const FLOW_S = 5;               // an edge shows the direction of traffic seen this recently
+const SERIES_COLORS = ["#2563eb", "#16a34a", "#f59e0b", "#9333ea", "#0891b2", "#db2777",
+  "#65a30d", "#ea580c", "#4f46e5", "#0d9488", "#a16207", "#475569", "#94a3b8"];
+
+// Counts per second over the last `size` seconds, in a ring: memory is fixed whatever
+// the rate and however long the page stays open.
+class Ring {
+  constructor(size) { this.values = new Float32Array(size); this.at = 0; }
+  advance(second) {
+    if (this.at === 0) { this.at = second; return; }
+    if (second <= this.at) return;
+    const size = this.values.length;
+    const steps = Math.min(second - this.at, size);
+    for (let i = 1; i <= steps; i++) this.values[(this.at + i) % size] = 0;
+    this.at = second;
+  }
+  add(second, count) { this.advance(second); this.values[second % this.values.length] += count; }
+  // oldest first, up to and including `second`
+  series(second) {
+    this.advance(second);
+    const size = this.values.length;
+    return Array.from({ length: size }, (_, i) => this.values[(second - size + 1 + i) % size]);
+  }
+}
+
+function nowSecond() { return Math.floor(Date.now() / 1000); }
 const RATE_WINDOW_S = 10;       // packets/s is averaged over this many seconds
 const UNREACHABLE_AFTER_MS = 3000;
 const COLORS = { healthy: "#2e7d32", starting: "#f9a825", unhealthy: "#c62828", offline: "#9e9e9e" };
@@ -21,6 +53,9 @@ const state = {
   settlementSeqs: new Set(),
   channels: new Map(), // channelId -> channel, as /api/channels lists them
   selected: null,      // the node whose details are shown
+  selectedPacket: null,
+  series: new Map(),   // message type (or "rejected", "other") -> Ring of messages/s
+  flows: new Map(),    // edge id -> {fwd, rev}: when traffic last went each way (ms)
   epoch: null,
   seq: null,
   connected: false,
@@ -39,6 +74,10 @@ const cy = cytoscape({
         "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e", width: 18, height: 18 } },
     { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": "bezier" } },
     { selector: "edge.route", style: { "line-style": "dashed", "line-color": "#94a3b8" } },
+    // the direction traffic went lately (PACKET_SENT from a node to its next hop)
+    { selector: "edge.fwd", style: { "target-arrow-shape": "triangle", "target-arrow-color": "#64748b", "line-color": "#94a3b8" } },
+    { selector: "edge.rev", style: { "source-arrow-shape": "triangle", "source-arrow-color": "#64748b", "line-color": "#94a3b8" } },
+    { selector: "node.packet", style: { width: 7, height: 7, "background-color": "#2563eb", label: "", "border-width": 0, events: "no" } },
   ],
   layout: { name: "grid" },
   wheelSensitivity: 0.2,
@@ -57,18 +96,93 @@ function relayout() {
   layoutPending = true;
   setTimeout(() => {
     layoutPending = false;
-    const n = cy.nodes().length;
-    // A small network on one circle; a larger one in rings by degree: a star's hub sits
-    // in the middle, a line or a mesh forms one ring. Nodes and labels shrink as the
-    // network grows, so 50 nodes stay legible.
-    const size = n > 24 ? 14 : n > 12 ? 20 : 26;
-    cy.style().selector("node").style({ width: size, height: size, "font-size": n > 24 ? 8 : 11 }).update();
-    const layout = n <= 12
-      ? { name: "circle", padding: 30 }
-      : { name: "concentric", padding: 24, minNodeSpacing: n > 24 ? 18 : 30,
-          concentric: (node) => node.degree(), levelWidth: () => 1 };
-    cy.layout({ ...layout, animate: false }).run();
+    const nodes = cy.nodes().filter((node) => !node.hasClass("packet"));
+    const n = nodes.length;
+    // Nodes and labels shrink as the network grows, so 200 stay legible; the layout
+    // follows the network's shape: a chain is drawn as a chain (in rows, snaking), a
+    // star around its hub, a small mesh by forces, anything else in rings by degree.
+    const size = n > 100 ? 10 : n > 24 ? 14 : n > 12 ? 20 : 26;
+    const font = n > 100 ? 6 : n > 24 ? 8 : 11;
+    cy.style().selector("node").style({ width: size, height: size, "font-size": font }).update();
+    cy.style().selector("node.packet").style({ width: 7, height: 7 }).update();
+    const chain = chainOrder(nodes);
+    if (chain) {
+      snake(chain, size);
+    } else {
+      const degrees = nodes.map((node) => node.degree());
+      const star = n > 4 && Math.max(...degrees) >= n / 2;
+      const layout = n <= 12 ? { name: "circle", padding: 30 }
+        : !star && n <= 60 ? { name: "cose", padding: 20, randomize: false, numIter: 600,
+                               nodeRepulsion: () => 8000, idealEdgeLength: () => 40 }
+        : { name: "concentric", padding: 24, minNodeSpacing: n > 100 ? 6 : n > 24 ? 18 : 30,
+            concentric: (node) => node.degree(), levelWidth: () => 1 };
+      nodes.layout({ ...layout, animate: false }).run();
+    }
+    cy.fit(nodes, 20);
   }, 200);
+}
+
+// The nodes in order along the path, if the network is one (a line), else null.
+function chainOrder(nodes) {
+  const n = nodes.length;
+  if (n < 3) return null;
+  const ends = nodes.filter((node) => node.degree() === 1);
+  if (ends.length !== 2 || nodes.some((node) => node.degree() > 2)) return null;
+  const order = [ends[0]];
+  const seen = new Set([ends[0].id()]);
+  let current = ends[0];
+  while (order.length < n) {
+    const next = current.neighborhood("node").filter((other) => !seen.has(other.id()) && !other.hasClass("packet"));
+    if (next.length !== 1) return null;
+    current = next[0];
+    seen.add(current.id());
+    order.push(current);
+  }
+  return order;
+}
+
+// A chain in rows, left to right then right to left, so that neighbours stay neighbours.
+function snake(order, size) {
+  const columns = Math.max(4, Math.ceil(Math.sqrt(order.length * 2)));
+  const gap = Math.max(size * 3, 36);
+  order.forEach((node, i) => {
+    const row = Math.floor(i / columns);
+    const column = row % 2 === 0 ? i % columns : columns - 1 - (i % columns);
+    node.position({ x: column * gap, y: row * gap * 1.2 });
+  });
+}
+
+let flightsThisSecond = 0, flightSecond = 0, flying = 0, flightCount = 0;
+
+// A dot along the edge for a hop, sampled: at most FLIGHTS_PER_S new ones a second and
+// MAX_FLYING at once, so 2,000 messages/s cost what 25 do.
+function flight(from, to) {
+  const edge = edgeId(from, to);
+  let flow = state.flows.get(edge);
+  if (!flow) {
+    if (state.flows.size > 4 * MAX_RECORDS) state.flows.delete(state.flows.keys().next().value);
+    flow = { fwd: 0, rev: 0 };
+    state.flows.set(edge, flow);
+  }
+  flow[from < to ? "fwd" : "rev"] = Date.now();
+  const second = nowSecond();
+  if (second !== flightSecond) { flightSecond = second; flightsThisSecond = 0; }
+  if (flightsThisSecond >= FLIGHTS_PER_S || flying >= MAX_FLYING || document.hidden) return;
+  const source = cy.getElementById(from), target = cy.getElementById(to);
+  if (source.empty() || target.empty()) return;
+  flightsThisSecond += 1;
+  flying += 1;
+  const dot = cy.add({ group: "nodes", data: { id: `packet-${++flightCount}` }, classes: "packet",
+                       position: { ...source.position() }, grabbable: false, selectable: false });
+  dot.animate({ position: { ...target.position() } }, { duration: FLIGHT_MS, complete: () => {
+    dot.remove();
+    flying -= 1;
+  } });
+}
+
+function edgeId(a, b) {
+  const [x, y] = [a, b].sort();
+  return `${x}--${y}`;
 }
 
 function syncGraph(node) {
@@ -91,7 +205,7 @@ function syncGraph(node) {
       changed = true;
     }
     const [a, b] = [node.id, other].sort();
-    const id = `${a}--${b}`;
+    const id = edgeId(a, b);
     if (cy.getElementById(id).empty()) {
       cy.add({ group: "edges", data: { id, source: a, target: b }, classes: kind === "route" ? "route" : "" });
       changed = true;
@@ -109,6 +223,7 @@ function nodeRecord(id) {
   if (!node) {
     node = { id, health: "starting", online: true, reported: false, peers: [], routes: [],
              routeTable: [], peerTable: [], uptime: null, uptimeAt: 0, offlineSince: null,
+             spark: new Ring(SPARK_S),
              peersConnected: 0, totalPeers: 0, received: 0, sent: 0, noRoute: 0,
              buckets: new Array(RATE_WINDOW_S).fill(0), bucketAt: 0 };
     state.nodes.set(id, node);
@@ -120,6 +235,17 @@ function countPacket(node) {
   const second = Math.floor(Date.now() / 1000);
   advanceBuckets(node, second);
   node.buckets[second % RATE_WINDOW_S] += 1;
+  node.spark.add(second, 1);
+}
+
+function countSeries(name, count = 1) {
+  let ring = state.series.get(name);
+  if (!ring) {
+    if (state.series.size >= MAX_SERIES && name !== "rejected") name = "other";
+    ring = state.series.get(name);
+    if (!ring) { ring = new Ring(HISTORY_S); state.series.set(name, ring); }
+  }
+  ring.add(nowSecond(), count);
 }
 
 function advanceBuckets(node, second) {
@@ -139,7 +265,8 @@ function rate(node) {
 function packetRecord(id) {
   let packet = state.packets.get(id);
   if (!packet) {
-    packet = { id, destination: "", amount: "", hops: [], outcome: "in flight", first: null };
+    packet = { id, destination: "", amount: "", hops: [], outcome: "in flight", first: null,
+               fields: {} };
     state.packets.set(id, packet);
     while (state.packets.size > MAX_PACKETS) {
       state.packets.delete(state.packets.keys().next().value);
@@ -369,6 +496,11 @@ const handlers = {
     const d = m.data || {};
     const packet = packetRecord(d.packetId);
     if (!packet.first) packet.first = m.nodeId;
+    // every plain field the connectors said of it (condition, expiry, fulfillment, error
+    // code and message, ...), for the packet's details; bounded like the packets
+    for (const [key, value] of Object.entries(d).slice(0, 30)) {
+      if (value !== null && typeof value !== "object") packet.fields[key.slice(0, 40)] = text(value);
+    }
     packet.destination = d.destination || packet.destination;
     packet.amount = d.amount || packet.amount;
     if (d.packetType === "FULFILL") packet.outcome = "fulfilled";
@@ -391,6 +523,7 @@ const handlers = {
     const node = nodeRecord(m.nodeId);
     node.sent += 1;
     const d = m.data || {};
+    if (typeof d.nextHop === "string") flight(m.nodeId, d.nextHop);
     const packet = state.packets.get(d.packetId);
     // PACKET_SENT follows the downstream reply; at the first hop it closes the packet
     if (packet && packet.first === m.nodeId && packet.outcome === "in flight") {
@@ -411,6 +544,7 @@ function handle(message) {
     }
     return;
   }
+  if (typeof message.type === "string") countSeries(message.type.slice(0, 40));
   const handler = handlers[message.type];
   if (handler) handler(message);
   scheduleRender();
@@ -445,7 +579,8 @@ function render() {
     if (node.id === state.selected) tr.className = "selected";
     tr.append(cell(node.id), stateCell, cell(`${node.peersConnected}/${node.totalPeers}`, "num"),
       cell(String(node.received), "num received"), cell(String(node.sent), "num sent"),
-      cell(String(node.noRoute), "num"), cell(rate(node).toFixed(1), "num rate"));
+      cell(String(node.noRoute), "num"), cell(rate(node).toFixed(1), "num rate"),
+      sparkCell(node.spark.series(nowSecond())));
     nodeRows.push(tr);
   }
   document.querySelector("#nodes tbody").replaceChildren(...nodeRows);
@@ -456,6 +591,8 @@ function render() {
     const id = document.createElement("td");
     id.innerHTML = "<code></code>";
     id.firstChild.textContent = String(packet.id).slice(0, 12);
+    tr.dataset.packetId = String(packet.id);
+    if (packet.id === state.selectedPacket) tr.className = "selected";
     const outcomeClass = "outcome-" + packet.outcome.replace(/ /g, "-");
     tr.append(id, cell(packet.destination), cell(packet.amount, "num"),
       cell(packet.hops.join(" → "), "path"), cell(packet.outcome, outcomeClass));
@@ -464,6 +601,7 @@ function render() {
   document.querySelector("#packets tbody").replaceChildren(...packetRows);
 
   renderDetails();
+  renderPacket();
   renderLogs();
   renderSettlementPanels();
 
@@ -501,6 +639,138 @@ function renderDetails() {
   document.querySelector("#details-peers tbody").replaceChildren(
     ...node.peerTable.map((p) => row(cell(p.id), cell(p.connected ? "yes" : "no", p.connected ? "ok" : "bad"))));
 }
+
+function sparkCell(values) {
+  const td = document.createElement("td");
+  const canvas = document.createElement("canvas");
+  canvas.className = "spark";
+  canvas.width = 60;
+  canvas.height = 16;
+  const max = Math.max(1, ...values);
+  const g = canvas.getContext("2d");
+  g.strokeStyle = "#2563eb";
+  g.beginPath();
+  values.forEach((v, i) => {
+    const x = (i / (values.length - 1)) * 59, y = 15 - (v / max) * 14;
+    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+  });
+  g.stroke();
+  td.title = `${values.reduce((a, b) => a + b, 0)} packets in the last ${values.length} s`;
+  td.append(canvas);
+  return td;
+}
+
+function renderPacket() {
+  const panel = document.getElementById("packet-panel");
+  const packet = state.selectedPacket !== null && state.packets.get(state.selectedPacket);
+  if (!packet) { panel.hidden = true; return; }
+  panel.hidden = false;
+  document.getElementById("packet-id").textContent = text(packet.id);
+  const facts = [["outcome", packet.outcome], ...Object.entries(packet.fields)];
+  document.getElementById("packet-fields").replaceChildren(...facts.flatMap(([key, value]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = key;
+    dd.textContent = value;
+    dd.dataset.field = key;
+    return [dt, dd];
+  }));
+  document.getElementById("packet-path").replaceChildren(...packet.hops.map((hop) => {
+    const li = document.createElement("li");
+    li.textContent = hop;
+    return li;
+  }));
+}
+
+// the messages/s chart: a line per message type (and the hub's rejections), complete
+// seconds only, redrawn once a second
+function renderChart() {
+  const canvas = document.getElementById("rate-chart");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 900, height = canvas.clientHeight || 160;
+  if (canvas.width !== Math.round(width * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, width, height);
+  const last = nowSecond() - 1;
+  const lines = [...state.series.entries()].map(([name, ring]) => [name, ring.series(last)]);
+  let max = 1;
+  for (const [, values] of lines) for (const v of values) if (v > max) max = v;
+  const left = 40, bottom = height - 14, plot = width - left - 4;
+  g.fillStyle = "#6b7280";
+  g.font = "10px system-ui, sans-serif";
+  g.fillText(`${Math.round(max)}/s`, 2, 12);
+  g.fillText("0", 2, bottom);
+  g.fillText(`-${HISTORY_S / 60} min`, left, height - 2);
+  g.fillText("now", width - 22, height - 2);
+  g.strokeStyle = "#e5e7eb";
+  g.beginPath(); g.moveTo(left, bottom); g.lineTo(width, bottom); g.stroke();
+  const legend = [];
+  lines.sort((a, b) => a[0].localeCompare(b[0]));
+  lines.forEach(([name, values], index) => {
+    const color = name === "rejected" ? "#c62828" : SERIES_COLORS[index % SERIES_COLORS.length];
+    g.strokeStyle = color;
+    g.lineWidth = name === "rejected" ? 2 : 1.2;
+    g.beginPath();
+    values.forEach((v, i) => {
+      const x = left + (i / (values.length - 1)) * plot, y = bottom - (v / max) * (bottom - 16);
+      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+    });
+    g.stroke();
+    const recent = values.slice(-10).reduce((a, b) => a + b, 0) / 10;
+    const li = document.createElement("li");
+    li.dataset.series = name;
+    li.dataset.rate = recent.toFixed(1);
+    li.innerHTML = '<span class="swatch"></span>';
+    li.firstChild.style.background = color;
+    li.append(`${name} ${recent.toFixed(1)}/s`);
+    legend.push(li);
+  });
+  g.lineWidth = 1;
+  document.getElementById("rate-legend").replaceChildren(...legend);
+}
+
+function renderFlows() {
+  const now = Date.now();
+  for (const [id, flow] of state.flows) {
+    const edge = cy.getElementById(id);
+    if (edge.empty()) continue;
+    edge.toggleClass("fwd", now - flow.fwd < FLOW_S * 1000);
+    edge.toggleClass("rev", now - flow.rev < FLOW_S * 1000);
+  }
+}
+
+// the hub's refusals (bad messages from connectors), from /health: the page hears of
+// none itself, as they go back to their sender only
+let lastRejected = null, lastRejectedAt = 0;
+async function pollRejections() {
+  try {
+    const response = await fetch("health", { cache: "no-store" });
+    const health = await response.json();
+    if (typeof health.rejected !== "number") return;  // a hub with tokens says less
+    const now = Date.now();
+    if (lastRejected !== null && health.rejected >= lastRejected) {
+      const seconds = Math.max(1, Math.round((now - lastRejectedAt) / 1000));
+      const perSecond = (health.rejected - lastRejected) / seconds;
+      for (let i = 0; i < seconds && i < HISTORY_S; i++) {
+        const ring = state.series.get("rejected") || new Ring(HISTORY_S);
+        state.series.set("rejected", ring);
+        ring.add(nowSecond() - i, perSecond);
+      }
+    } else if (!state.series.has("rejected")) {
+      state.series.set("rejected", new Ring(HISTORY_S));
+    }
+    lastRejected = health.rejected;
+    lastRejectedAt = now;
+  } catch (error) {
+    // the hub is away: the connection's badge says so
+  }
+}
+setInterval(pollRejections, 2000);
+pollRejections();
+setInterval(() => { renderChart(); renderFlows(); }, 1000);
 
 function renderLogs() {
   const level = document.getElementById("log-level").value;
@@ -558,6 +828,14 @@ document.querySelector("#nodes tbody").addEventListener("click", (event) => {
 });
 cy.on("tap", "node", (event) => select(event.target.id()));
 document.getElementById("details-close").addEventListener("click", () => select(null));
+document.querySelector("#packets tbody").addEventListener("click", (event) => {
+  const tr = event.target.closest("tr");
+  if (tr && tr.dataset.packetId) { state.selectedPacket = tr.dataset.packetId; render(); }
+});
+document.getElementById("packet-close").addEventListener("click", () => {
+  state.selectedPacket = null;
+  render();
+});
 for (const id of ["log-level", "log-node", "log-text"]) {
   document.getElementById(id).addEventListener("input", () => renderLogs());
 }
