@@ -40,6 +40,7 @@ from telemetry_service.errors import (
     shorten,
 )
 from telemetry_service.ratelimit import TokenBucket
+from telemetry_service.rates import MessageRates
 from telemetry_service.replay import ReplayCache
 from telemetry_service.schemas import SchemaCatalog
 from telemetry_service.store import MemoryStore, MessageStore, StoredMessage
@@ -294,6 +295,9 @@ class Hub:
         )
         self._cache_warnings = TokenBucket(clock, settings.warnings_per_second, 5)
         self.stats = HubStats()
+        #: messages per second by type, delivered here (every hub's, on a shared bus), and
+        #: this hub's refusals, for the page's chart (GET /api/rates)
+        self.rates = MessageRates(clock)
         if bus is None:
             self.restore(self.store.node_statuses(), ())
 
@@ -785,6 +789,7 @@ class Hub:
         @param message: its parsed form, where the bus still has it.
         """
         kind, node_id = stored.type, stored.node_id
+        self.rates.count(kind)
         if kind in HUB_EVENTS:
             self._hub_event(stored)
         else:
@@ -923,6 +928,7 @@ class Hub:
             self._recipients.pop(connection.peer, None)
         stats = self.stats
         stats.rejected += 1
+        self.rates.count("rejected")
         stats.rejected_by_reason[rejection.reason] = (
             stats.rejected_by_reason.get(rejection.reason, 0) + 1
         )

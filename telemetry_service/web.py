@@ -147,6 +147,20 @@ class ListResource(_JSONResource):
         return self._items()
 
 
+class RatesResource(_JSONResource):
+    """
+    C{GET /api/rates}: messages per second by type over the last five minutes (and this
+    hub's refusals as C{rejected}), for the page's chart after a reload.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def body(self) -> dict[str, Any]:
+        return self._hub.rates.series()
+
+
 def _viewer_may_read(hub: Hub, request: Request) -> bool:
     """
     Where viewer tokens are configured, what dashboards read over HTTP needs one too (an
@@ -445,6 +459,7 @@ def build_site(
     api.putChild(b"nodes", NodesResource(hub))
     api.putChild(b"balances", ListResource(settlement.balances))
     api.putChild(b"channels", ListResource(settlement.channels))
+    api.putChild(b"rates", RatesResource(hub))
     settlements = _Folder()
     settlements.putChild(b"recent", ListResource(settlement.recent_settlements))
     api.putChild(b"settlements", settlements)
