@@ -388,6 +388,13 @@ def test_details_logs_settlements_and_channels(hub: HubProcess) -> None:
                 )
 
             await wait_for(page, reloaded, "the panels after a reload")
+            # and the chart shows the minutes before the reload, from the hub's counts
+            logs_before = await page.evaluate(
+                "(() => { const r = hubState.series.get('LOG');"
+                " return r ? r.series(Math.floor(Date.now() / 1000)).reduce((a, b) => a + b, 0)"
+                " : 0; })()"
+            )
+            assert logs_before == 3
             assert errors == []
             await browser.close()
         await connector.close()

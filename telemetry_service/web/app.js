@@ -5,7 +5,8 @@
 
 const MAX_PACKETS = 40;         // packets kept and shown
 const MAX_LOGS = 500;           // LOG events kept (the filters search these)
-const SHOWN_LOGS = 200;         // ... and at most this many rows drawn
+const SHOWN_LOGS = 100;         // ... and at most this many rows drawn
+const SHOWN_RECORDS = 100;      // balances, settlements and channels drawn (newest)
 const MAX_SETTLEMENTS = 100;    // settlement events kept, as the hub's API keeps them
 const MAX_RECORDS = 1000;       // balances kept, and channels kept
 const HISTORY_S = 300;          // the messages/s chart's window
@@ -69,7 +70,8 @@ const cy = cytoscape({
   style: [
     { selector: "node", style: {
         "background-color": "data(color)", label: "data(id)", color: "#222",
-        "font-size": 11, "text-valign": "bottom", "text-margin-y": 4, width: 26, height: 26 } },
+        "font-size": 11, "text-valign": "bottom", "text-margin-y": 4, width: 26, height: 26,
+        "min-zoomed-font-size": 5 } },
     { selector: 'node[health = "unknown"]', style: {
         "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e", width: 18, height: 18 } },
     { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": "bezier" } },
@@ -77,11 +79,14 @@ const cy = cytoscape({
     // the direction traffic went lately (PACKET_SENT from a node to its next hop)
     { selector: "edge.fwd", style: { "target-arrow-shape": "triangle", "target-arrow-color": "#64748b", "line-color": "#94a3b8" } },
     { selector: "edge.rev", style: { "source-arrow-shape": "triangle", "source-arrow-color": "#64748b", "line-color": "#94a3b8" } },
-    { selector: "node.packet", style: { width: 7, height: 7, "background-color": "#2563eb", label: "", "border-width": 0, events: "no" } },
   ],
   layout: { name: "grid" },
   wheelSensitivity: 0.2,
   maxZoom: 1.4,  // fitting a small network must not blow its nodes up
+  // a big network stays cheap to draw: no HiDPI canvas, a texture while panning
+  pixelRatio: 1,
+  textureOnViewport: true,
+  hideEdgesOnViewport: true,
 });
 window.cy = cy;
 let layoutPending = false;
@@ -96,7 +101,7 @@ function relayout() {
   layoutPending = true;
   setTimeout(() => {
     layoutPending = false;
-    const nodes = cy.nodes().filter((node) => !node.hasClass("packet"));
+    const nodes = cy.nodes();
     const n = nodes.length;
     // Nodes and labels shrink as the network grows, so 200 stay legible; the layout
     // follows the network's shape: a chain is drawn as a chain (in rows, snaking), a
@@ -104,7 +109,9 @@ function relayout() {
     const size = n > 100 ? 10 : n > 24 ? 14 : n > 12 ? 20 : 26;
     const font = n > 100 ? 6 : n > 24 ? 8 : 11;
     cy.style().selector("node").style({ width: size, height: size, "font-size": font }).update();
-    cy.style().selector("node.packet").style({ width: 7, height: 7 }).update();
+    // bezier edges cost most of a big graph's drawing (their control points): straight
+    // ones beyond a small network
+    cy.style().selector("edge").style({ "curve-style": n > 24 ? "straight" : "bezier" }).update();
     const chain = chainOrder(nodes);
     if (chain) {
       snake(chain, size);
@@ -132,7 +139,7 @@ function chainOrder(nodes) {
   const seen = new Set([ends[0].id()]);
   let current = ends[0];
   while (order.length < n) {
-    const next = current.neighborhood("node").filter((other) => !seen.has(other.id()) && !other.hasClass("packet"));
+    const next = current.neighborhood("node").filter((other) => !seen.has(other.id()));
     if (next.length !== 1) return null;
     current = next[0];
     seen.add(current.id());
@@ -152,7 +159,16 @@ function snake(order, size) {
   });
 }
 
-let flightsThisSecond = 0, flightSecond = 0, flying = 0, flightCount = 0;
+let flightsThisSecond = 0, flightSecond = 0, flying = 0;
+
+// how long frames take lately: when the page falls behind, dots are the first to go
+let frameMs = 16, lastFrame = 0;
+function watchFrames(t) {
+  if (lastFrame) frameMs = 0.8 * frameMs + 0.2 * Math.min(t - lastFrame, 1000);
+  lastFrame = t;
+  requestAnimationFrame(watchFrames);
+}
+requestAnimationFrame(watchFrames);
 
 // A dot along the edge for a hop, sampled: at most FLIGHTS_PER_S new ones a second and
 // MAX_FLYING at once, so 2,000 messages/s cost what 25 do.
@@ -167,17 +183,45 @@ function flight(from, to) {
   flow[from < to ? "fwd" : "rev"] = Date.now();
   const second = nowSecond();
   if (second !== flightSecond) { flightSecond = second; flightsThisSecond = 0; }
-  if (flightsThisSecond >= FLIGHTS_PER_S || flying >= MAX_FLYING || document.hidden) return;
+  const budget = cy.nodes().length > 100 ? FLIGHTS_PER_S / 2 : FLIGHTS_PER_S;
+  if (flightsThisSecond >= budget || flying >= MAX_FLYING || document.hidden || frameMs > 40) return;
   const source = cy.getElementById(from), target = cy.getElementById(to);
   if (source.empty() || target.empty()) return;
   flightsThisSecond += 1;
   flying += 1;
-  const dot = cy.add({ group: "nodes", data: { id: `packet-${++flightCount}` }, classes: "packet",
-                       position: { ...source.position() }, grabbable: false, selectable: false });
-  dot.animate({ position: { ...target.position() } }, { duration: FLIGHT_MS, complete: () => {
-    dot.remove();
-    flying -= 1;
-  } });
+  // drawn on a canvas of the page's own over the graph, not as graph elements: moving
+  // elements made Cytoscape restyle and redraw the whole network every frame
+  flights.push({ source, target, start: performance.now() });
+  if (flights.length === 1) requestAnimationFrame(drawFlights);
+}
+
+const flights = [];
+const flightCanvas = document.getElementById("flights");
+
+function drawFlights(now) {
+  const graph = document.getElementById("graph");
+  const width = graph.clientWidth, height = graph.clientHeight;
+  if (flightCanvas.width !== width || flightCanvas.height !== height) {
+    flightCanvas.width = width;
+    flightCanvas.height = height;
+  }
+  const g = flightCanvas.getContext("2d");
+  g.clearRect(0, 0, width, height);
+  g.fillStyle = "#2563eb";
+  for (let i = flights.length - 1; i >= 0; i--) {
+    const f = flights[i];
+    const t = (now - f.start) / FLIGHT_MS;
+    if (t >= 1 || f.source.removed() || f.target.removed()) {
+      flights.splice(i, 1);
+      flying -= 1;
+      continue;
+    }
+    const a = f.source.renderedPosition(), b = f.target.renderedPosition();
+    g.beginPath();
+    g.arc(a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t, 3.5, 0, 2 * Math.PI);
+    g.fill();
+  }
+  if (flights.length) requestAnimationFrame(drawFlights);
 }
 
 function edgeId(a, b) {
@@ -305,6 +349,7 @@ function bounded(map) {
 }
 
 function putBalance(f, live) {
+  dirty.settlement = true;
   const key = `${text(f.nodeId)}|${text(f.peerId)}|${text(f.tokenId)}`;
   // what the API served on load must not undo a newer live update
   if (!live && state.balances.has(key)) return;
@@ -316,6 +361,7 @@ function putBalance(f, live) {
 }
 
 function addSettlement(m) {
+  dirty.settlement = true;
   // the API's events carry the hub's seq too: one seen live and listed again is kept once
   if (typeof m.seq === "number") {
     if (state.settlementSeqs.has(m.seq)) return;
@@ -339,6 +385,7 @@ function addSettlement(m) {
 // (telemetry_service/settlement.py), so a channel loaded from it and one followed live
 // look the same.
 function channelEvent(m) {
+  dirty.settlement = true;
   const f = flat(m);
   const id = text(f.channelId);
   if (!id) return;
@@ -407,9 +454,40 @@ async function loadSettlementState() {
     }
     bounded(state.channels);
     state.settlements.sort((a, b) => timeValue(a.time) - timeValue(b.time));
+    dirty.settlement = true;
     scheduleRender();
   } catch (error) {
     console.warn("settlement state not loaded:", error.message);
+  }
+}
+
+// the minutes before this page opened, for the chart: from the hub's own counts
+const pageSecond = nowSecond();
+let ratesLoaded = false;
+async function loadRates() {
+  if (ratesLoaded) return;
+  const token = new URLSearchParams(location.search).get("token");
+  try {
+    const response = await fetch("api/rates" + (token ? `?token=${encodeURIComponent(token)}` : ""),
+                                 { cache: "no-store" });
+    if (!response.ok) return;
+    const answer = await response.json();
+    if (!answer || typeof answer.series !== "object" || typeof answer.until !== "number") return;
+    ratesLoaded = true;
+    for (const [name, values] of Object.entries(answer.series).slice(0, MAX_SERIES)) {
+      if (!Array.isArray(values)) continue;
+      let ring = state.series.get(name);
+      if (!ring) { ring = new Ring(HISTORY_S); state.series.set(name, ring); }
+      values.forEach((value, i) => {
+        const second = answer.until - values.length + 1 + i;
+        // seconds this page counted itself are its own
+        if (second < pageSecond && second > nowSecond() - HISTORY_S && typeof value === "number") {
+          ring.add(second, value);
+        }
+      });
+    }
+  } catch (error) {
+    console.warn("rates not loaded:", error.message);
   }
 }
 
@@ -541,12 +619,16 @@ function handle(message) {
       // the snapshot follows: start the picture again from it
       for (const node of state.nodes.values()) setOnline(node, false);
       loadSettlementState();
+      loadRates();
     }
     return;
   }
   if (typeof message.type === "string") countSeries(message.type.slice(0, 40));
   const handler = handlers[message.type];
-  if (handler) handler(message);
+  if (!handler) return;
+  handler(message);
+  if (message.type === "LOG") dirty.logs = true;
+  else if (message.type.startsWith("PACKET_") || message.type === "ROUTE_LOOKUP") dirty.packets = true;
   scheduleRender();
 }
 
@@ -556,7 +638,7 @@ let renderPending = false;
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  setTimeout(() => { renderPending = false; render(); }, 250);
+  setTimeout(() => { renderPending = false; render(); }, 500);
 }
 
 function cell(text, className) {
@@ -566,25 +648,71 @@ function cell(text, className) {
   return td;
 }
 
-function render() {
-  const nodeRows = [];
-  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }))) {
-    const tr = document.createElement("tr");
-    const status = node.online ? node.health : "offline";
-    tr.dataset.nodeId = node.id;
-    tr.dataset.state = status;
-    const stateCell = document.createElement("td");
-    stateCell.innerHTML = `<span class="dot ${status}"></span>`;
-    stateCell.append(stateText(node));
-    if (node.id === state.selected) tr.className = "selected";
-    tr.append(cell(node.id), stateCell, cell(`${node.peersConnected}/${node.totalPeers}`, "num"),
-      cell(String(node.received), "num received"), cell(String(node.sent), "num sent"),
-      cell(String(node.noRoute), "num"), cell(rate(node).toFixed(1), "num rate"),
-      sparkCell(node.spark.series(nowSecond())));
-    nodeRows.push(tr);
-  }
-  document.querySelector("#nodes tbody").replaceChildren(...nodeRows);
+// What changed since the last render: only those parts are drawn again. At 2,000
+// messages/s with 200 nodes, redrawing everything a few times a second left the page
+// under one frame a second (benchmarks/page.py).
+const dirty = { packets: true, logs: true, settlement: true };
+const nodeRows = new Map();  // nodeId -> {tr, cells, canvas}: rows are kept, cells updated
+let lastNodesRender = 0;
 
+function setText(element, value) {
+  if (element.textContent !== value) element.textContent = value;
+}
+
+function nodeRow(node) {
+  let entry = nodeRows.get(node.id);
+  if (!entry) {
+    const tr = document.createElement("tr");
+    tr.dataset.nodeId = node.id;
+    const cells = Array.from({ length: 7 }, () => document.createElement("td"));
+    cells[0].textContent = node.id;
+    ["num", "num received", "num sent", "num", "num rate"].forEach((c, i) => { cells[i + 2].className = c; });
+    const sparkTd = document.createElement("td");
+    const canvas = document.createElement("canvas");
+    canvas.className = "spark";
+    canvas.width = 60;
+    canvas.height = 16;
+    sparkTd.append(canvas);
+    tr.append(...cells, sparkTd);
+    entry = { tr, cells, canvas, sparkTd, status: null, stateText: null };
+    nodeRows.set(node.id, entry);
+  }
+  return entry;
+}
+
+function renderNodes() {
+  const now = Date.now();
+  if (now - lastNodesRender < 900) return;  // counters and rates: once a second is plenty
+  lastNodesRender = now;
+  const second = nowSecond();
+  const rows = [];
+  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }))) {
+    const entry = nodeRow(node);
+    const { tr, cells } = entry;
+    const status = node.online ? node.health : "offline";
+    const label = stateText(node);
+    if (entry.status !== status || entry.stateText !== label) {
+      entry.status = status;
+      entry.stateText = label;
+      tr.dataset.state = status;
+      cells[1].innerHTML = `<span class="dot ${status}"></span>`;
+      cells[1].append(label);
+    }
+    tr.className = node.id === state.selected ? "selected" : "";
+    setText(cells[2], `${node.peersConnected}/${node.totalPeers}`);
+    setText(cells[3], String(node.received));
+    setText(cells[4], String(node.sent));
+    setText(cells[5], String(node.noRoute));
+    setText(cells[6], rate(node).toFixed(1));
+    drawSpark(entry, node.spark.series(second));
+    rows.push(tr);
+  }
+  const tbody = document.querySelector("#nodes tbody");
+  const same = tbody.children.length === rows.length && rows.every((tr, i) => tbody.children[i] === tr);
+  if (!same) tbody.replaceChildren(...rows);
+}
+
+function renderPackets() {
   const packetRows = [];
   for (const packet of [...state.packets.values()].reverse()) {
     const tr = document.createElement("tr");
@@ -599,18 +727,23 @@ function render() {
     packetRows.push(tr);
   }
   document.querySelector("#packets tbody").replaceChildren(...packetRows);
+}
 
+function render() {
+  renderNodes();
+  if (dirty.packets) { dirty.packets = false; renderPackets(); }
   renderDetails();
   renderPacket();
-  renderLogs();
-  renderSettlementPanels();
+  if (dirty.logs) { dirty.logs = false; renderLogs(); }
+  if (dirty.settlement) { dirty.settlement = false; renderSettlementPanels(); }
 
   for (const node of state.nodes.values()) {
     const element = cy.getElementById(node.id);
-    if (!element.empty()) {
-      element.data("color", nodeColor(node));
-      element.data("health", node.online ? node.health : "offline");
-    }
+    if (element.empty()) continue;
+    // only what changed: every data() write restyles the element
+    const color = nodeColor(node), health = node.online ? node.health : "offline";
+    if (element.data("color") !== color) element.data("color", color);
+    if (element.data("health") !== health) element.data("health", health);
   }
 }
 setInterval(render, 1000);  // rates decay even when nothing arrives
@@ -640,14 +773,11 @@ function renderDetails() {
     ...node.peerTable.map((p) => row(cell(p.id), cell(p.connected ? "yes" : "no", p.connected ? "ok" : "bad"))));
 }
 
-function sparkCell(values) {
-  const td = document.createElement("td");
-  const canvas = document.createElement("canvas");
-  canvas.className = "spark";
-  canvas.width = 60;
-  canvas.height = 16;
+function drawSpark(entry, values) {
+  const { canvas, sparkTd: td } = entry;
   const max = Math.max(1, ...values);
   const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
   g.strokeStyle = "#2563eb";
   g.beginPath();
   values.forEach((v, i) => {
@@ -656,8 +786,6 @@ function sparkCell(values) {
   });
   g.stroke();
   td.title = `${values.reduce((a, b) => a + b, 0)} packets in the last ${values.length} s`;
-  td.append(canvas);
-  return td;
 }
 
 function renderPacket() {
@@ -737,8 +865,10 @@ function renderFlows() {
   for (const [id, flow] of state.flows) {
     const edge = cy.getElementById(id);
     if (edge.empty()) continue;
-    edge.toggleClass("fwd", now - flow.fwd < FLOW_S * 1000);
-    edge.toggleClass("rev", now - flow.rev < FLOW_S * 1000);
+    // only changes: every class change restyles the edge
+    const fwd = now - flow.fwd < FLOW_S * 1000, rev = now - flow.rev < FLOW_S * 1000;
+    if (edge.hasClass("fwd") !== fwd) edge.toggleClass("fwd", fwd);
+    if (edge.hasClass("rev") !== rev) edge.toggleClass("rev", rev);
   }
 }
 
@@ -795,7 +925,7 @@ function renderLogs() {
 }
 
 function renderSettlementPanels() {
-  document.querySelector("#balances tbody").replaceChildren(...[...state.balances.values()].map((b) =>
+  document.querySelector("#balances tbody").replaceChildren(...[...state.balances.values()].slice(-SHOWN_RECORDS).map((b) =>
     row(cell(b.nodeId), cell(b.peerId), cell(b.tokenId), cell(b.netBalance, "num"),
         cell(b.settlementThreshold, "num"), cell(b.settlementState))));
   document.querySelector("#settlements tbody").replaceChildren(...state.settlements.slice().reverse().map((e) => {
@@ -805,7 +935,7 @@ function renderSettlementPanels() {
     tr.dataset.event = e.event;
     return tr;
   }));
-  document.querySelector("#channels tbody").replaceChildren(...[...state.channels.values()].reverse().map((c) => {
+  document.querySelector("#channels tbody").replaceChildren(...[...state.channels.values()].slice(-SHOWN_RECORDS).reverse().map((c) => {
     const id = document.createElement("td");
     id.innerHTML = "<code></code>";
     id.firstChild.textContent = text(c.channelId).slice(0, 14);
@@ -820,6 +950,7 @@ function renderSettlementPanels() {
 function select(nodeId) {
   if (nodeId) nodeRecord(nodeId);  // a peer that never reported has details too: it says so
   state.selected = nodeId;
+  lastNodesRender = 0;
   render();
 }
 document.querySelector("#nodes tbody").addEventListener("click", (event) => {
@@ -830,10 +961,11 @@ cy.on("tap", "node", (event) => select(event.target.id()));
 document.getElementById("details-close").addEventListener("click", () => select(null));
 document.querySelector("#packets tbody").addEventListener("click", (event) => {
   const tr = event.target.closest("tr");
-  if (tr && tr.dataset.packetId) { state.selectedPacket = tr.dataset.packetId; render(); }
+  if (tr && tr.dataset.packetId) { state.selectedPacket = tr.dataset.packetId; dirty.packets = true; render(); }
 });
 document.getElementById("packet-close").addEventListener("click", () => {
   state.selectedPacket = null;
+  dirty.packets = true;
   render();
 });
 for (const id of ["log-level", "log-node", "log-text"]) {
