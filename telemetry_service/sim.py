@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +40,18 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime
 
 TOPOLOGIES = ("linear", "mesh", "hub")
+#: the real connector's backoff between reconnects, in seconds: 1, 2, 4, 8, 16, then 16
+BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: a tick or hop that fails is reported at once, later failures at most this often (seconds)
+ERROR_REPORT_SECONDS = 10.0
 
 
 def now_iso(clock: IReactorTime) -> str:
@@ -144,6 +150,10 @@ class _ConnectorProtocol(WebSocketClientProtocol):
 class SimulatedConnector:
     """
     One connector node: a connection that comes back with backoff, and what it sends.
+
+    A message for a connection that is gone or closing (the hub sent its close frame, the
+    TCP connection is not down yet) is dropped, as a real connector drops it, and counted
+    in C{dropped}: one per message not sent. Sending never raises.
     """
 
     def __init__(
@@ -158,8 +168,12 @@ class SimulatedConnector:
         self.status = status
         self.sent: dict[str, int] = {}
         self.dropped = 0
+        #: how many times its WebSocket opened (1 + the reconnects)
+        self.opens = 0
         self._protocol: _ConnectorProtocol | None = None
         self._announced = False
+        self._retries = 0
+        self._waiting_for_open: list[defer.Deferred[None]] = []
         # a connector token, as real connectors would send it: an Authorization header
         headers = {"Authorization": f"Bearer {token}"} if token else None
         factory = WebSocketClientFactory(url, headers=headers)
@@ -167,17 +181,34 @@ class SimulatedConnector:
         factory.connector = self  # type: ignore[attr-defined]
         parts = urlsplit(url)
         endpoint = clientFromString(reactor, f"tcp:{parts.hostname}:{parts.port or 80}")
-        # the real connector's backoff: 1, 2, 4, 8, 16 s, then 16 s forever
-        self.service = ClientService(
-            endpoint, factory, retryPolicy=backoffPolicy(1.0, 16.0, 2.0, jitter=lambda: 0.0)
-        )
+        self.service = ClientService(endpoint, factory, retryPolicy=self._retry_delay)
+
+    def _retry_delay(self, attempt: int) -> float:
+        # ClientService counts attempts from its last TCP connection (and starts at 1 s * 2);
+        # the real connector counts from its last open WebSocket: 1, 2, 4, 8, 16, 16, ... s
+        self._retries += 1
+        return BACKOFF_SECONDS[min(self._retries, len(BACKOFF_SECONDS)) - 1]
+
+    def when_open(self) -> defer.Deferred[None]:
+        """Fires once its WebSocket has opened (at once if it has before)."""
+        if self.opens:
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._waiting_for_open.append(waiting)
+        return waiting
 
     def opened(self, protocol: _ConnectorProtocol) -> None:
         self._protocol = protocol
+        self.opens += 1
+        self._retries = 0
         if not self._announced:
-            # NODE_STATUS goes out once, at start-up, and not again after a reconnect
+            # NODE_STATUS goes out once, at start-up, as soon as the WebSocket is open (so
+            # that the hub stops treating the connection as a listener), not after a reconnect
             self._announced = True
             self.send(self.status)
+        waiting, self._waiting_for_open = self._waiting_for_open, []
+        for d in waiting:
+            d.callback(None)
 
     def closed(self, protocol: _ConnectorProtocol) -> None:
         if self._protocol is protocol:
@@ -185,10 +216,16 @@ class SimulatedConnector:
 
     def send(self, message: dict[str, Any]) -> None:
         protocol = self._protocol
-        if protocol is None:
+        # closing counts as gone: autobahn refuses to send once a close frame has come in,
+        # and the connection comes back with the backoff once it is down (see closed)
+        if protocol is None or protocol.state != WebSocketClientProtocol.STATE_OPEN:
             self.dropped += 1
             return
-        protocol.sendMessage(json.dumps(message, separators=(",", ":")).encode())
+        try:
+            protocol.sendMessage(json.dumps(message, separators=(",", ":")).encode())
+        except Disconnected:
+            self.dropped += 1
+            return
         self.sent[message["type"]] = self.sent.get(message["type"], 0) + 1
 
 
@@ -776,13 +813,18 @@ class Simulation:
         self.no_route = no_route
         self.random = random.Random(seed)
         self.packets = 0
+        #: ticks and packet hops that raised (reported on stderr, then carried on)
+        self.errors = 0
+        self._errors_reported = 0
+        self._error_reported_at: float | None = None
+        self._stopped = False
         self._credit = 0.0
         self._last = reactor.seconds()
         self.connectors = {
             node: SimulatedConnector(node, url, reactor, self._status(node), token)
             for node in topology.nodes
         }
-        self._loop = task.LoopingCall(self._tick)
+        self._loop = task.LoopingCall(self._safely, self._tick)
         self._loop.clock = reactor
         self.logs: LogWriter | None = None
         self.ledger: Ledger | None = None
@@ -824,20 +866,27 @@ class Simulation:
 
     def start(self) -> defer.Deferred[Any]:
         """
-        Connect every connector; packets start flowing once all of them are connected.
+        Connect every connector; packets start flowing once all of them are connected (their
+        WebSockets open, not just their TCP connections: what goes out at the first tick,
+        a channel per link and every account's balance, would be dropped otherwise).
         """
         for connector in self.connectors.values():
             connector.service.startService()
-        connected = defer.DeferredList(
-            [c.service.whenConnected() for c in self.connectors.values()]
-        )
-        connected.addCallback(lambda _: self._loop.start(0.01, now=False))
+        connected = defer.DeferredList([c.when_open() for c in self.connectors.values()])
+
+        def begin(_: object) -> None:
+            if not self._stopped and not self._loop.running:
+                self._last = self.reactor.seconds()
+                self._loop.start(0.01, now=False)
+
+        connected.addCallback(begin)
         return connected
 
     async def stop(self) -> None:
         """
         Stop sending new packets, let those in flight finish their hops, disconnect.
         """
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
         if self.ledger is not None:
@@ -847,6 +896,28 @@ class Simulation:
         await defer.DeferredList(
             [defer.maybeDeferred(c.service.stopService) for c in self.connectors.values()]
         )
+
+    def _safely(self, step: Callable[..., None], *args: Any) -> None:
+        # one tick or hop that raises must not stop the LoopingCall, and with it the run
+        try:
+            step(*args)
+        except Exception:
+            self._failed()
+
+    def _failed(self) -> None:
+        self.errors += 1
+        now = self.reactor.seconds()
+        last = self._error_reported_at
+        if last is not None and now - last < ERROR_REPORT_SECONDS:
+            return
+        self._error_reported_at = now
+        if last is None:
+            what = f"sending failed; carrying on:\n{traceback.format_exc().rstrip()}"
+        else:
+            failed = self.errors - self._errors_reported
+            what = f"sending failed {failed} more times, the last with {sys.exc_info()[1]!r}"
+        self._errors_reported = self.errors
+        print(f"telemetry-sim: {what}", file=sys.stderr, flush=True)
 
     def _tick(self) -> None:
         now = self.reactor.seconds()
@@ -885,6 +956,7 @@ class Simulation:
             previous = path[i - 1] if i else "sender"
             later(
                 i * self.hop_seconds,
+                self._safely,
                 self._hop,
                 hop,
                 packet_id,
@@ -898,6 +970,7 @@ class Simulation:
         for i in range(len(path) - 1):
             later(
                 (turnaround - i) * self.hop_seconds,
+                self._safely,
                 self._sent,
                 path[i],
                 packet_id,
@@ -963,11 +1036,15 @@ class Simulation:
         for connector in self.connectors.values():
             for kind, count in connector.sent.items():
                 sent[kind] = sent.get(kind, 0) + count
-        return {
+        report: dict[str, Any] = {
             "packets": self.packets,
             "sent": sent,
             "dropped_while_disconnected": sum(c.dropped for c in self.connectors.values()),
+            "reconnects": sum(max(c.opens - 1, 0) for c in self.connectors.values()),
         }
+        if self.errors:
+            report["errors"] = self.errors
+        return report
 
 
 class _MeasuringProtocol(WebSocketClientProtocol):

@@ -1,7 +1,8 @@
 """
 The simulator's LOG lines, account balances, settlements and payment channels: valid against
 the shipped schemas, at the rates a dashboard expects, consistent with the packets, and
-what the hub's HTTP API then shows.
+what the hub's HTTP API then shows; and the simulator carrying on when the hub closes one
+of its connections.
 """
 
 from __future__ import annotations
@@ -408,3 +409,91 @@ async def test_the_hub_api_shows_the_simulated_balances_settlements_and_channels
         if c["status"] == "active" and c.get("settlementMethod") != "xrp"
     )
     assert active == sorted(book.links)
+
+
+# -- (c) the hub closes one simulated connector's connection
+
+
+async def until(done: Any, seconds: float = 5.0) -> None:
+    for _ in range(round(seconds / 0.01)):
+        if done():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("timed out")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_the_hub_closes_drops_its_messages_comes_back_and_the_rest_go_on(
+    start: Any,
+) -> None:
+    hub = start()
+    sim = Simulation(
+        reactor,
+        f"ws://127.0.0.1:{hub.port}/",
+        Topology.build("linear", 3),
+        rate=50,
+        seed=5,
+        hop_seconds=0.001,
+    )
+    # what the hub delivered, by node; what the simulation asked each connector to send
+    delivered: Counter[str] = Counter()
+    hub.hub.add_observer(lambda kind, message: delivered.update([message["nodeId"]]))
+    asked: Counter[str] = Counter()
+    for name, connector in sim.connectors.items():
+
+        def count(message: dict[str, Any], send: Any = connector.send, name: str = name) -> None:
+            asked[name] += 1
+            send(message)
+
+        connector.send = count  # type: ignore[method-assign]
+    cut = sim.connectors["connector-b"]
+    closes: list[float] = []
+    closed = cut.closed
+
+    def record_close(protocol: Any) -> None:
+        closes.append(reactor.seconds())
+        closed(protocol)
+
+    cut.closed = record_close  # type: ignore[method-assign]
+    await sim.start()
+    await deferLater(reactor, 0.3, lambda: None)
+    assert sim.report()["dropped_while_disconnected"] == 0
+
+    # the hub cuts connector-b as a slow reader (4008); busy, it is slow to read the reply
+    # and drop the TCP connection, so the connector sits in the closing state meanwhile
+    client = await cut.service.whenConnected()
+    port = client.transport.getHost().port
+    (server,) = [p for p in hub.factory.connections if p.transport.getPeer().port == port]
+    server.transport.pauseProducing()
+    server.too_slow(1)
+    await until(lambda: client.state == client.STATE_CLOSING)
+    others = delivered["connector-a"] + delivered["connector-c"]
+    await until(lambda: cut.opens == 2)
+    reopened = reactor.seconds()
+    # the others went on sending throughout
+    assert delivered["connector-a"] + delivered["connector-c"] > others + 50
+    assert sim._loop.running
+    # it came back after the real connector's first backoff, 1 s after its connection went
+    assert len(closes) == 1
+    assert 0.9 <= reopened - closes[0] < 1.8
+    before = delivered["connector-b"]
+    await deferLater(reactor, 0.3, lambda: None)
+    assert delivered["connector-b"] > before  # its messages reach the hub again
+    await sim.stop()
+    await deferLater(reactor, 0.1, lambda: None)
+
+    report = sim.report()
+    assert "errors" not in report and sim.errors == 0
+    assert report["reconnects"] == 1
+    # one drop per message not sent, and only connector-b's
+    for name, connector in sim.connectors.items():
+        assert asked[name] == sum(connector.sent.values()) + connector.dropped
+    assert sim.connectors["connector-a"].dropped == sim.connectors["connector-c"].dropped == 0
+    # closing (~1 s: autobahn drops the TCP connection itself), then down for 1 s
+    assert cut.dropped > 50
+    assert report["dropped_while_disconnected"] == cut.dropped
+    # the hub got everything the others sent; of connector-b's, all but what was in flight
+    # when it was cut (the hub read no further)
+    for name in ("connector-a", "connector-c"):
+        assert delivered[name] == sum(sim.connectors[name].sent.values())
+    assert 0 < delivered["connector-b"] <= sum(cut.sent.values())

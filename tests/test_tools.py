@@ -252,11 +252,14 @@ def test_tail_says_when_the_hub_goes_away_and_exits_non_zero(hub: HubProcess) ->
 
 def test_the_simulator_sends_node_status_once_not_again_after_a_reconnect() -> None:
     """Real connectors announce themselves once, at start-up; so does the simulator."""
+    from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.testing import MemoryReactorClock
 
     from telemetry_service.sim import SimulatedConnector
 
     class Connection:
+        state = WebSocketClientProtocol.STATE_OPEN
+
         def __init__(self) -> None:
             self.types: list[str] = []
 
@@ -276,6 +279,54 @@ def test_the_simulator_sends_node_status_once_not_again_after_a_reconnect() -> N
     assert first.types == ["NODE_STATUS", "PACKET_SENT"]
     assert second.types == ["PACKET_SENT"]
     assert connector.dropped == 1
+
+
+def test_the_simulator_drops_what_a_closing_connection_cannot_send_and_never_raises() -> None:
+    """
+    Once the hub's close frame is in, Autobahn refuses to send (Disconnected) until the TCP
+    connection is down; a simulated connector drops those messages, one count each.
+    """
+    from autobahn.exception import Disconnected
+    from autobahn.twisted.websocket import WebSocketClientProtocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from telemetry_service.sim import BACKOFF_SECONDS, SimulatedConnector
+
+    class Connection:
+        state = WebSocketClientProtocol.STATE_OPEN
+
+        def __init__(self) -> None:
+            self.types: list[str] = []
+
+        def sendMessage(self, payload: bytes) -> None:
+            if self.state != WebSocketClientProtocol.STATE_OPEN:
+                raise Disconnected("Attempt to send on a closed protocol")
+            self.types.append(json.loads(payload)["type"])
+
+    class Racing(Connection):
+        # open when asked, closed by the time it sends: only the safety net catches it
+        def sendMessage(self, payload: bytes) -> None:
+            raise Disconnected("Attempt to send on a closed protocol")
+
+    connector = SimulatedConnector(
+        "connector-a", "ws://127.0.0.1:1/", MemoryReactorClock(), ex.node_status()
+    )
+    connection = Connection()
+    connector.opened(connection)  # type: ignore[arg-type]
+    connection.state = WebSocketClientProtocol.STATE_CLOSING  # the hub's 4008 came in
+    for _ in range(3):
+        connector.send(ex.packet_sent("connector-a"))
+    connector.opened(Racing())  # type: ignore[arg-type]
+    connector.send(ex.packet_sent("connector-a"))
+    assert connection.types == ["NODE_STATUS"]
+    assert connector.dropped == 4
+    assert connector.sent == {"NODE_STATUS": 1}
+    assert connector.opens == 2
+    # the real connector's backoff, counted from the last open WebSocket
+    delays = [connector._retry_delay(n) for n in range(1, 8)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 16.0, 16.0] == [*BACKOFF_SECONDS, 16.0, 16.0]
+    connector.opened(Connection())  # type: ignore[arg-type]
+    assert connector._retry_delay(1) == 1.0
 
 
 def test_tail_says_when_it_cannot_connect() -> None:
