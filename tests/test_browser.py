@@ -411,3 +411,58 @@ async def _has_series(page: Any, name: str) -> bool:
         f"#rate-legend li[data-series={name}]", "items => items.map(i => i.dataset.rate)"
     )
     return bool(rate) and float(rate[0]) > 0
+
+
+def test_a_dense_network_draws_only_the_selected_node_s_links(hub: HubProcess) -> None:
+    """
+    60 nodes in a full mesh: 1,770 links, past what a drawing can show. The page says so,
+    draws no link until a node is selected, then that node's 59.
+    """
+    from playwright.async_api import async_playwright
+
+    ws_port, http_port = hub.wait_listening(), hub.wait_http()
+    sim = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "telemetry-sim"),
+            "--url",
+            f"ws://127.0.0.1:{ws_port}/",
+            "--nodes",
+            "60",
+            "--topology",
+            "mesh",
+            "--rate",
+            "5",
+            "--packets-only",
+            "--report-every",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def scenario() -> None:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(f"http://127.0.0.1:{http_port}/")
+
+            async def dense() -> bool:
+                return bool(await page.get_attribute("#graph", "data-dense") == "true")
+
+            await wait_for(page, dense, "the dense mode", timeout=30)
+            assert await page.evaluate("cy.edges().length") == 1770
+            assert "1770 links" in await page.inner_text("#graph-note")
+            assert await page.evaluate("cy.edges().filter(e => e.visible()).length") == 0
+            await page.click("#nodes tbody tr[data-node-id=connector-7]")
+            shown = await page.evaluate("cy.edges().filter(e => e.visible()).length")
+            assert shown == 59
+            assert errors == []
+            await browser.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)

@@ -75,6 +75,9 @@ const cy = cytoscape({
     { selector: 'node[health = "unknown"]', style: {
         "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e", width: 18, height: 18 } },
     { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": "bezier" } },
+    // a dense network (thousands of links) shows the links of the selected node only
+    { selector: "edge.dense", style: { display: "none" } },
+    { selector: "edge.dense.near", style: { display: "element" } },
     { selector: "edge.route", style: { "line-style": "dashed", "line-color": "#94a3b8" } },
     // the direction traffic went lately (PACKET_SENT from a node to its next hop)
     { selector: "edge.fwd", style: { "target-arrow-shape": "triangle", "target-arrow-color": "#64748b", "line-color": "#94a3b8" } },
@@ -126,6 +129,7 @@ function relayout() {
       nodes.layout({ ...layout, animate: false }).run();
     }
     cy.fit(nodes, 20);
+    markDense();
   }, 200);
 }
 
@@ -864,7 +868,7 @@ function renderFlows() {
   const now = Date.now();
   for (const [id, flow] of state.flows) {
     const edge = cy.getElementById(id);
-    if (edge.empty()) continue;
+    if (edge.empty() || (edge.hasClass("dense") && !edge.hasClass("near"))) continue;
     // only changes: every class change restyles the edge
     const fwd = now - flow.fwd < FLOW_S * 1000, rev = now - flow.rev < FLOW_S * 1000;
     if (edge.hasClass("fwd") !== fwd) edge.toggleClass("fwd", fwd);
@@ -947,9 +951,29 @@ function renderSettlementPanels() {
   }));
 }
 
+// Past DENSE_EDGES links no drawing is readable, and drawing them all took the page
+// under two frames a second (200 nodes in a full mesh, benchmarks/page.py): then only the
+// selected node's links are drawn.
+const DENSE_EDGES = 1500;
+function markDense() {
+  const dense = cy.edges().length > DENSE_EDGES;
+  cy.batch(() => {
+    cy.edges().forEach((edge) => {
+      if (edge.hasClass("dense") !== dense) edge.toggleClass("dense", dense);
+    });
+    cy.edges(".near").removeClass("near");
+    if (dense && state.selected) cy.getElementById(state.selected).connectedEdges().addClass("near");
+  });
+  document.getElementById("graph").dataset.dense = String(dense);
+  const note = document.getElementById("graph-note");
+  note.hidden = !dense;
+  note.textContent = `${cy.edges().length} links: only the selected node's are drawn`;
+}
+
 function select(nodeId) {
   if (nodeId) nodeRecord(nodeId);  // a peer that never reported has details too: it says so
   state.selected = nodeId;
+  markDense();
   lastNodesRender = 0;
   render();
 }
