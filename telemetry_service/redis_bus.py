@@ -18,7 +18,7 @@ Keys, under C{telemetry-hub:}::
 
     epoch      string  the history's epoch; gone when Redis loses its data, and remade
     seq        int     the last seq given
-    log        stream  entry <seq>-0: one field, "<type>\\0<nodeId>" -> the message as sent
+    log        stream  entry <seq>-0: "<type>\\0<nodeId>" -> the message as sent, e -> epoch
     status     hash    nodeId -> "<seq> <latest NODE_STATUS as sent>"  (the replay cache)
     order      zset    nodeId -> seq of its first status (replay order)
     online     set     nodes with a live connector on some hub
@@ -157,7 +157,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function publish(field, prefix)
   local seq = redis.call('INCR', seqkey)
   local payload = prefix .. seq .. '}'
-  redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, seq .. '-0', field, payload)
+  -- the epoch on every entry: a hub reading on after Redis lost its data (before it
+  -- noticed) must not take the new history's entries for the old one's
+  redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, seq .. '-0', field, payload, 'e', ARGV[2])
   return seq, payload
 end
 
@@ -1098,6 +1100,8 @@ class RedisBus:
         self._read(conn, reading)
 
     def _read(self, conn: Any, reading: object) -> None:
+        if reading is not self._reading:
+            return
         last = f"{self._history.last_seq}-0".encode()
         try:
             d = conn.execute_command(
@@ -1133,7 +1137,16 @@ class RedisBus:
     def _take(self, entries: list[Any]) -> None:
         deliver = self._hub.deliver
         history = self._history
+        epoch = (self._epoch or "").encode()
         for entry in entries:
+            values = entry[1]
+            if len(values) >= 4 and values[3] != epoch:
+                # Redis lost its data and another hub already wrote a new history past
+                # where this one was: nothing of it is delivered as the old one's; the
+                # resync starts the new history from its first entry
+                self._reading = None  # this reading stops; the resync reads again
+                self._epoch_changed(Failure(txredisapi.ResponseError("EPOCH seen in the stream")))
+                return
             stored = self._stored(entry)
             ring = history.ring
             expected = ring.last_seq + 1
@@ -1176,7 +1189,8 @@ class RedisBus:
         conn.transport.loseConnection()
 
     def _stored(self, entry: Any) -> StoredMessage:
-        entry_id, (field, payload) = entry
+        entry_id, values = entry
+        field, payload = values[0], values[1]
         kind, _, node = field.partition(b"\0")
         type_name = self._kinds.get(kind)
         if type_name is None:

@@ -446,3 +446,37 @@ async def test_a_new_epoch_takes_presence_from_redis(redis: RedisServer) -> None
         assert redis.command("SISMEMBER", "telemetry-hub:online", "connector-a") == "1"
     finally:
         await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_history_read_before_the_hub_noticed_is_not_taken_for_the_old(
+    redis: RedisServer,
+) -> None:
+    """
+    Redis loses its data while hub A is connected and idle; hub B starts and writes a new
+    history past A's last seq before A's next script call would tell it. A's waiting read
+    gets those entries: it must see they are of another epoch, not deliver them as the
+    old history's seqs 6..., and deliver the new history once, from its first entry.
+    """
+    hub_a, hub_b = DeliveredHere(), DeliveredHere()
+    a = await started(redis, hub_a)
+    b = None
+    try:
+        submit_packets(a, 0, 5)
+        await until(lambda: len(hub_a.packets()) == 5, what="a's first five")
+        a._heartbeat.stop()  # idle: nothing of A's own would notice before its read does
+        redis.command("FLUSHALL")
+        b = await started(redis, hub_b)
+        submit_packets(b, 100, 10)
+        await until(lambda: len(hub_b.packets()) == 10, what="b's ten")
+        await until(lambda: a.epoch_changes == 1, what="a notices from the stream")
+        await until(lambda: len(hub_a.packets()) == 15, what="the new history, once")
+        await task.deferLater(reactor, 0.3, lambda: None)
+        new = hub_a.packets()[5:]
+        assert [m.seq for m in new] == list(range(1, 11))
+        assert packet_numbers(hub_a)[5:] == [ex.packet_id(n)[:8] for n in range(100, 110)]
+        assert a.store.epoch == b.store.epoch
+    finally:
+        await a.close()
+        if b is not None:
+            await b.close()
