@@ -4,8 +4,9 @@ Messages per second by type over the last few minutes, for the page's chart: a p
 
 Memory is fixed: one ring of per-second counts per type, the types bounded (the schema
 catalog's, the hub's own events and C{rejected}; past C{max_series} the rest count as
-C{other}). On the per-message path a count is one clock read and one dict increment; the
-rings are touched once a second.
+C{other}). On the per-message path a count is one dict increment: no clock read. The
+counts go into their second's slot when L{roll} runs, once a second (the hub service's
+timer; L{series} rolls too, so an answer is never stale).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class MessageRates:
     def __init__(
         self, clock: IReactorTime, seconds: int = SECONDS, max_series: int = MAX_SERIES
     ) -> None:
-        self._clock = clock
+        self.clock = clock
         self._size = seconds
         self._max_series = max_series
         self._rings: dict[str, list[int]] = {}
@@ -32,11 +33,14 @@ class MessageRates:
         self._counts: dict[str, int] = {}
 
     def count(self, name: str, n: int = 1) -> None:
-        second = int(self._clock.seconds())
-        if second != self._second:
-            self._roll(second)
         counts = self._counts
         counts[name] = counts.get(name, 0) + n
+
+    def roll(self) -> None:
+        """Close the second being counted if the clock has moved past it."""
+        second = int(self.clock.seconds())
+        if second != self._second:
+            self._roll(second)
 
     def _roll(self, second: int) -> None:
         """Put the finished second's counts in their rings, and clear those skipped."""
@@ -61,10 +65,8 @@ class MessageRates:
         """
         The complete seconds of the window, oldest first, per type; C{until} is the last.
         """
-        second = int(self._clock.seconds())
-        if second != self._second:
-            self._roll(second)
-        until = second - 1
+        self.roll()
+        until = self._second - 1
         size = self._size
         order = [(until - size + 1 + i) % size for i in range(size)]
         return {

@@ -20,6 +20,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -432,6 +433,7 @@ class TelemetryHubService(MultiService):
     """
 
     _log = Logger()
+    _rates_timer: LoopingCall | None = None
 
     def __init__(
         self,
@@ -476,6 +478,10 @@ class TelemetryHubService(MultiService):
         start_bus = getattr(self.hub.bus, "start", None)
         if start_bus is not None:
             start_bus()
+        # the chart's per-second counts close their second here, not per message
+        self._rates_timer = LoopingCall(self.hub.rates.roll)
+        self._rates_timer.clock = self.hub.rates.clock
+        self._rates_timer.start(1.0, now=False)
         if self._reactor is not None:
             self._reactor.callWhenRunning(self._take_over_signals)
 
@@ -518,6 +524,8 @@ class TelemetryHubService(MultiService):
         # the listeners first (every peer gets its 1001), then the store (or Redis), which
         # nothing writes to any more
         yield super().stopService()
+        if self._rates_timer is not None and self._rates_timer.running:
+            self._rates_timer.stop()
         yield self.hub.bus.close()
         stats = self.hub.stats
         self._log.info(

@@ -27,10 +27,13 @@ def test_counts_land_in_their_second() -> None:
     rates.count("PACKET_SENT")
     rates.count("PACKET_SENT")
     clock.advance(1)
+    rates.roll()  # the hub service does, once a second
     rates.count("LOG")
     clock.advance(2)  # second 1002 had nothing
+    rates.roll()  # the hub service does, once a second
     rates.count("PACKET_SENT", 3)
     clock.advance(1)
+    rates.roll()  # the hub service does, once a second
     answer = rates.series()
     assert answer["until"] == 1003 and answer["seconds"] == 5
     # oldest first: 999, 1000, 1001, 1002, 1003
@@ -42,8 +45,10 @@ def test_the_window_moves_and_old_counts_go() -> None:
     rates = MessageRates(clock, seconds=3)
     rates.count("LOG", 7)
     clock.advance(10)  # far past the window
+    rates.roll()  # the hub service does, once a second
     rates.count("LOG")
     clock.advance(1)
+    rates.roll()  # the hub service does, once a second
     assert rates.series()["series"] == {"LOG": [0, 0, 1]}
 
 
@@ -53,6 +58,7 @@ def test_types_are_bounded() -> None:
     for n in range(10):
         rates.count(f"TYPE_{n}")
     clock.advance(1)
+    rates.roll()  # the hub service does, once a second
     series = rates.series()["series"]
     assert len(series) == 4  # three, and "other" for the rest
     assert series["other"][-1] == 7
