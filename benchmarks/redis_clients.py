@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import free_port  # benchmarks/processes.py
+
 BATCH = 100
 HERE = Path(__file__).resolve().parent
 LATENCY_SAMPLES = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def main() -> None:

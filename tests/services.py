@@ -39,6 +39,18 @@ def wait_for_port(port: int, timeout: float = 10, host: str = "127.0.0.1") -> No
             time.sleep(0.05)
 
 
+def stop(process: subprocess.Popen[bytes] | None, folder: Path) -> None:
+    """SIGTERM, SIGKILL if it is not gone in 10 s, and its temporary folder removed."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def needs(binary: str) -> str:
     path = shutil.which(binary) or (
         f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
@@ -133,14 +145,7 @@ class RedisServer:
         return result.stdout.strip()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        stop(self.process, self.folder)
 
 
 #: the proxy's configuration, as docs/haproxy.cfg has it (with the ports of a test)
@@ -206,11 +211,4 @@ class HAProxy:
         wait_for_port(self.port)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        stop(self.process, self.folder)

@@ -561,16 +561,6 @@ const handlers = {
   },
   SETTLEMENT_TRIGGERED(m) { addSettlement(m); },
   SETTLEMENT_COMPLETED(m) { addSettlement(m); },
-  PAYMENT_CHANNEL_OPENED(m) { channelEvent(m); },
-  PAYMENT_CHANNEL_BALANCE_UPDATE(m) { channelEvent(m); },
-  PAYMENT_CHANNEL_SETTLED(m) { channelEvent(m); },
-  XRP_CHANNEL_OPENED(m) { channelEvent(m); },
-  XRP_CHANNEL_CLAIMED(m) { channelEvent(m); },
-  XRP_CHANNEL_CLOSED(m) { channelEvent(m); },
-  AGENT_CHANNEL_OPENED(m) { channelEvent(m); },
-  AGENT_CHANNEL_BALANCE_UPDATE(m) { channelEvent(m); },
-  AGENT_CHANNEL_PAYMENT_SENT(m) { channelEvent(m); },
-  AGENT_CHANNEL_CLOSED(m) { channelEvent(m); },
   PACKET_RECEIVED(m) {
     const node = nodeRecord(m.nodeId);
     node.received += 1;
@@ -613,6 +603,14 @@ const handlers = {
     }
   },
 };
+
+// the channel events, as the hub's /api/channels takes them (telemetry_service/settlement.py)
+for (const type of ["PAYMENT_CHANNEL_OPENED", "PAYMENT_CHANNEL_BALANCE_UPDATE",
+  "PAYMENT_CHANNEL_SETTLED", "XRP_CHANNEL_OPENED", "XRP_CHANNEL_CLAIMED", "XRP_CHANNEL_CLOSED",
+  "AGENT_CHANNEL_OPENED", "AGENT_CHANNEL_BALANCE_UPDATE", "AGENT_CHANNEL_PAYMENT_SENT",
+  "AGENT_CHANNEL_CLOSED"]) {
+  handlers[type] = channelEvent;
+}
 
 function handle(message) {
   if (typeof message.seq === "number") state.seq = message.seq;
