@@ -47,7 +47,9 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime
 
-TOPOLOGIES = ("linear", "mesh", "hub")
+TOPOLOGIES = ("linear", "mesh", "hub", "sparse")
+#: in a "sparse" network each node peers with this many of the nodes before it
+SPARSE_LINKS = 2
 #: the real connector's backoff between reconnects, in seconds: 1, 2, 4, 8, 16, then 16
 BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: a tick or hop that fails is reported at once, later failures at most this often (seconds)
@@ -93,6 +95,15 @@ class Topology:
         elif kind == "hub":
             for spoke in nodes[1:]:
                 link(nodes[0], spoke)
+        elif kind == "sparse":
+            # grown a node at a time, as real networks are: each new connector peers with
+            # SPARSE_LINKS that were there before it, picked at random (the same network
+            # for the same size), so it is connected, a few early nodes gather many peers
+            # and most have two or three
+            pick = random.Random(f"sparse:{count}")
+            for i, node in enumerate(nodes[1:], start=1):
+                for other in pick.sample(nodes[:i], min(i, SPARSE_LINKS)):
+                    link(node, other)
         else:
             raise ValueError(f"unknown topology {kind!r} (one of {', '.join(TOPOLOGIES)})")
         topology = cls(nodes, peers)
@@ -1109,7 +1120,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         "--topology",
         choices=TOPOLOGIES,
         default="linear",
-        help="linear, mesh or hub (hub-and-spoke); default linear",
+        help="linear, mesh (every pair), hub (hub-and-spoke) or sparse (each node peers "
+        "with 2 earlier ones at random); default linear",
     )
     parser.add_argument("--rate", type=float, default=5.0, help="packets per second (default 5)")
     parser.add_argument(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -48,6 +49,21 @@ def test_hub_and_spoke_routes_through_the_hub() -> None:
     t = Topology.build("hub", 5)
     assert t.peers["connector-a"] == ["connector-b", "connector-c", "connector-d", "connector-e"]
     assert t.path("connector-b", "connector-e") == ["connector-b", "connector-a", "connector-e"]
+
+
+def test_a_sparse_network_is_connected_and_the_same_each_time() -> None:
+    t = Topology.build("sparse", 200)
+    links = {frozenset((a, b)) for a in t.nodes for b in t.peers[a]}
+    assert len(links) == 2 * 200 - 3  # node 1 has one earlier node to peer with
+    assert all(b in t.peers[a] for a in t.nodes for b in t.peers[a])  # both ways
+    # connected: every node routes to every other, along its peers
+    for destination in t.nodes[1:]:
+        path = t.path(t.nodes[0], destination)
+        assert all(b in t.peers[a] for a, b in pairwise(path))
+    # the same network for the same size, and not a star or a line
+    assert Topology.build("sparse", 200).peers == t.peers
+    degrees = sorted(len(p) for p in t.peers.values())
+    assert degrees[0] >= 2 and 6 < degrees[-1] < 100
 
 
 def test_topology_needs_two_nodes() -> None:
