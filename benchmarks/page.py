@@ -399,7 +399,7 @@ def parse_args() -> argparse.Namespace:
     # 200 nodes), which no real network of that size has and no drawing makes readable
     parser.add_argument(
         "--topology",
-        choices=["mesh", "linear", "hub"],
+        choices=["mesh", "linear", "hub", "sparse"],
         default="hub",
         help="telemetry-sim's topology (default hub; mesh is a full mesh)",
     )

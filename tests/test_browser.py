@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -470,3 +471,137 @@ def test_a_dense_network_draws_only_the_selected_node_s_links(hub: HubProcess) -
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+# Installed before the page's own script on every load: on the first load the page
+# reloads itself when the 5th NODE_STATUS of the hub's snapshot arrives, on the second at
+# the 75th, so both reloads fall inside the replay whatever the machine's speed (only the
+# snapshot carries NODE_STATUS: each simulated connector sends its own once, at start-up).
+RELOAD_DURING_REPLAY = """
+(() => {
+  const load = Number(sessionStorage.getItem("loads") || "0");
+  sessionStorage.setItem("loads", String(load + 1));
+  const at = [5, 75][load];
+  if (at === undefined) return;
+  const Real = window.WebSocket;
+  window.WebSocket = function (...args) {
+    const socket = new Real(...args);
+    let statuses = 0;
+    socket.addEventListener("message", (event) => {
+      if (event.data.includes('"type":"NODE_STATUS"') && ++statuses === at) {
+        const seen = [...window.hubState.nodes.values()].filter((n) => n.reported).length;
+        sessionStorage.setItem("reload" + load, JSON.stringify({ at, seen }));
+        location.reload();
+      }
+    });
+    return socket;
+  };
+  window.WebSocket.prototype = Real.prototype;
+})();
+"""
+
+
+def test_a_big_sparse_network_survives_reloads_during_the_replay(hub: HubProcess) -> None:
+    """
+    150 connectors in a sparse mesh (each peering with two older ones), so the snapshot
+    names peers before they report, the race that blanked the m2m dashboard on 2 of 13
+    loads. The page reloads twice while the snapshot streams in; the third load shows every
+    node, with no console error. The network is drawn by hops (neighbours close together),
+    and only its best-connected nodes are labelled until the user zooms in.
+    """
+    from playwright.async_api import Error as PlaywrightError
+    from playwright.async_api import async_playwright
+
+    nodes = 150
+    ws_port, http_port = hub.wait_listening(), hub.wait_http()
+    sim = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "telemetry-sim"),
+            "--url",
+            f"ws://127.0.0.1:{ws_port}/",
+            "--nodes",
+            str(nodes),
+            "--topology",
+            "sparse",
+            "--rate",
+            "5",
+            "--packets-only",
+            "--report-every",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def reported() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/nodes") as response:
+            return len(json.load(response))
+
+    async def scenario() -> None:
+        deadline = asyncio.get_running_loop().time() + 60
+        while reported() < nodes:  # the whole network has reported: the snapshot is full
+            assert asyncio.get_running_loop().time() < deadline, reported()
+            await asyncio.sleep(0.2)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.add_init_script(RELOAD_DURING_REPLAY)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            await page.goto(f"http://127.0.0.1:{http_port}/")
+
+            async def third_load_complete() -> bool:
+                try:
+                    loads = await page.evaluate("sessionStorage.getItem('loads')")
+                    return loads == "3" and len(await node_states(page)) == nodes
+                except PlaywrightError:  # a reload came in the middle of asking
+                    return False
+
+            await wait_for(page, third_load_complete, "the third load with every node", 60)
+            # both reloads came mid-replay: after the 5th and the 75th of 150 statuses
+            for load, at in ((0, 5), (1, 75)):
+                reload = json.loads(await page.evaluate(f"sessionStorage.getItem('reload{load}')"))
+                assert reload["at"] == at and reload["seen"] < nodes, reload
+            states = await node_states(page)
+            assert set(states.values()) == {"healthy"}, states
+            assert await page.evaluate("cy.nodes().length") == nodes
+            assert await page.evaluate("cy.edges().length") == 2 * nodes - 3
+
+            # drawn by hops: linked nodes sit much closer than nodes picked at random
+            await page.wait_for_timeout(500)  # the layout runs 200 ms after the last change
+            linked, apart = await page.evaluate(
+                """(() => {
+                  const length = (a, b) => Math.hypot(a.x - b.x, a.y - b.y);
+                  const mean = (xs) => xs.reduce((s, x) => s + x, 0) / xs.length;
+                  const nodes = cy.nodes().map((n) => n.position());
+                  const linked = cy.edges().map((e) =>
+                    length(e.source().position(), e.target().position()));
+                  const apart = [];
+                  nodes.forEach((a, i) =>
+                    nodes.slice(i + 1).forEach((b) => apart.push(length(a, b))));
+                  return [mean(linked), mean(apart)];
+                })()"""
+            )
+            assert linked < apart / 2, (linked, apart)
+            # a dozen landmarks keep their labels; selecting a node names its neighbours
+            assert await page.evaluate("cy.nodes('.landmark').length") == 12
+            await page.click("#nodes tbody tr[data-node-id=connector-40]")
+            named = await page.evaluate("cy.nodes('.near').map((n) => n.id()).sort()")
+            neighbours = await page.evaluate(
+                "cy.getElementById('connector-40').closedNeighborhood('node')"
+                ".map((n) => n.id()).sort()"
+            )
+            assert named == neighbours and len(named) >= 3
+            await page.screenshot(path=str(RESULTS / "sparse-150.png"))
+            assert errors == []
+            await browser.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    hub.drain()
+    assert not [r for r in hub.records if "Traceback" in json.dumps(r)]
+    assert not [line for line in hub.other_lines if "Traceback" in line]

@@ -65,16 +65,32 @@ window.hubState = state;  // for people poking at the page in the console
 
 // -- the graph
 
-const cy = cytoscape({
-  container: document.getElementById("graph"),
-  style: [
+// Nodes and labels shrink as the network grows, so 200 stay legible; past 100 nodes most
+// labels wait for the user to zoom in. Bezier edges cost most of a big graph's drawing
+// (their control points): straight ones beyond a small network.
+function graphLook(n) {
+  return { size: n > 100 ? 10 : n > 24 ? 14 : n > 12 ? 20 : 26,
+           font: n > 100 ? 6 : n > 24 ? 8 : 11,
+           // Cytoscape compares the font size at the zoom rounded up to a power of two:
+           // 13 hides a 6 px label until the user zooms in past 2x
+           minFont: n > 100 ? 13 : 5,
+           curve: n > 24 ? "straight" : "bezier" };
+}
+
+function graphStyle(look) {
+  return [
     { selector: "node", style: {
         "background-color": "data(color)", label: "data(id)", color: "#222",
-        "font-size": 11, "text-valign": "bottom", "text-margin-y": 4, width: 26, height: 26,
-        "min-zoomed-font-size": 5 } },
+        "font-size": look.font, "text-valign": "bottom", "text-margin-y": 4,
+        width: look.size, height: look.size, "min-zoomed-font-size": look.minFont } },
     { selector: 'node[health = "unknown"]', style: {
         "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e", width: 18, height: 18 } },
-    { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": "bezier" } },
+    // the best-connected nodes of a big network and the selected node's neighbourhood
+    // keep their labels (relayout, markDenseAndSelection)
+    { selector: "node.landmark, node.near", style: {
+        "min-zoomed-font-size": 0, "font-weight": "bold", "font-size": look.font + 3 } },
+    { selector: "node.chosen", style: { "border-width": 3, "border-color": "#2563eb" } },
+    { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": look.curve } },
     // a dense network (thousands of links) shows the links of the selected node only
     { selector: "edge.dense", style: { display: "none" } },
     { selector: "edge.dense.near", style: { display: "element" } },
@@ -82,10 +98,16 @@ const cy = cytoscape({
     // the direction traffic went lately (PACKET_SENT from a node to its next hop)
     { selector: "edge.fwd", style: { "target-arrow-shape": "triangle", "target-arrow-color": "#64748b", "line-color": "#94a3b8" } },
     { selector: "edge.rev", style: { "source-arrow-shape": "triangle", "source-arrow-color": "#64748b", "line-color": "#94a3b8" } },
-  ],
+  ];
+}
+
+let look = graphLook(0);
+const cy = cytoscape({
+  container: document.getElementById("graph"),
+  style: graphStyle(look),
   layout: { name: "grid" },
   wheelSensitivity: 0.2,
-  maxZoom: 1.4,  // fitting a small network must not blow its nodes up
+  maxZoom: 4,
   // a big network stays cheap to draw: no HiDPI canvas, a texture while panning
   pixelRatio: 1,
   textureOnViewport: true,
@@ -106,31 +128,124 @@ function relayout() {
     layoutPending = false;
     const nodes = cy.nodes();
     const n = nodes.length;
-    // Nodes and labels shrink as the network grows, so 200 stay legible; the layout
-    // follows the network's shape: a chain is drawn as a chain (in rows, snaking), a
-    // star around its hub, a small mesh by forces, anything else in rings by degree.
-    const size = n > 100 ? 10 : n > 24 ? 14 : n > 12 ? 20 : 26;
-    const font = n > 100 ? 6 : n > 24 ? 8 : 11;
-    cy.style().selector("node").style({ width: size, height: size, "font-size": font }).update();
-    // bezier edges cost most of a big graph's drawing (their control points): straight
-    // ones beyond a small network
-    cy.style().selector("edge").style({ "curve-style": n > 24 ? "straight" : "bezier" }).update();
+    // The layout follows the network's shape: a chain is drawn as a chain (in rows,
+    // snaking), a star around its hub, a mesh so that distance on the page follows hops
+    // in the network, and what no drawing can show (thousands of links) in rings by degree.
+    const fresh = graphLook(n);
+    if (JSON.stringify(fresh) !== JSON.stringify(look)) {
+      look = fresh;
+      cy.style().fromJson(graphStyle(look)).update();
+    }
+    const size = look.size;
+    const landmarks = n > 100 ? new Set(nodes.sort((a, b) => b.degree() - a.degree())
+      .slice(0, LANDMARKS).map((node) => node.id())) : new Set();
+    cy.batch(() => nodes.forEach((node) => {
+      if (node.hasClass("landmark") !== landmarks.has(node.id())) node.toggleClass("landmark");
+    }));
     const chain = chainOrder(nodes);
+    const edges = cy.edges().length;
     if (chain) {
       snake(chain, size);
     } else {
       const degrees = nodes.map((node) => node.degree());
       const star = n > 4 && Math.max(...degrees) >= n / 2;
-      const layout = n <= 12 ? { name: "circle", padding: 30 }
-        : !star && n <= 60 ? { name: "cose", padding: 20, randomize: false, numIter: 600,
-                               nodeRepulsion: () => 8000, idealEdgeLength: () => 40 }
-        : { name: "concentric", padding: 24, minNodeSpacing: n > 100 ? 6 : n > 24 ? 18 : 30,
-            concentric: (node) => node.degree(), levelWidth: () => 1 };
-      nodes.layout({ ...layout, animate: false }).run();
+      if (n <= 12) {
+        nodes.layout({ name: "circle", padding: 30, animate: false }).run();
+      } else if (star || edges > DENSE_EDGES || n > STRESS_MAX_NODES) {
+        nodes.layout({ name: "concentric", padding: 24, animate: false,
+                       minNodeSpacing: n > 100 ? 6 : n > 24 ? 18 : 30,
+                       concentric: (node) => node.degree(), levelWidth: () => 1 }).run();
+      } else {
+        stressLayout(nodes, Math.max(size * 5, 50));
+      }
     }
+    // fitting a small network must not blow its nodes up; the user may zoom in further
+    cy.maxZoom(FIT_MAX_ZOOM);
     cy.fit(nodes, 20);
-    markDense();
+    cy.maxZoom(4);
+    markDenseAndSelection();
   }, 200);
+}
+
+const FIT_MAX_ZOOM = 1.4;
+// labels always drawn in a network of over 100 nodes (the best-connected)
+const LANDMARKS = 12;
+// Past this many nodes the stress layout (n² pairs) blocks the page too long: 400 nodes
+// took 150 ms, 700 took 480 ms (median of 5, Chromium, the 2-core machine of the README)
+const STRESS_MAX_NODES = 500;
+
+// Stress layout by stochastic gradient descent (Zheng, Pawar and Goodman, "Graph drawing
+// by stochastic gradient descent", 2018): each pair of nodes is pulled or pushed towards
+// its distance in hops, so neighbours sit together and a sparse mesh of 200 reads as the
+// network it is (rings by degree drew it as a hairball). Deterministic: the same network
+// gives the same picture, after a reload too. 200 nodes take about 45 ms.
+function stressLayout(nodes, unit) {
+  const sorted = nodes.sort((a, b) => a.id().localeCompare(b.id(), undefined, { numeric: true }));
+  const n = sorted.length;
+  const index = new Map(sorted.map((node, i) => [node.id(), i]));
+  const neighbours = sorted.map((node) => node.neighborhood("node").map((o) => index.get(o.id())));
+  // hops between every pair, breadth-first from each node
+  const unseen = 0xffff;
+  const hops = new Uint16Array(n * n).fill(unseen);
+  let longest = 1;
+  for (let s = 0; s < n; s++) {
+    const row = s * n, queue = [s];
+    hops[row + s] = 0;
+    for (let q = 0; q < queue.length; q++) {
+      const u = queue[q], next = hops[row + u] + 1;
+      for (const v of neighbours[u]) {
+        if (v !== undefined && hops[row + v] === unseen) {
+          hops[row + v] = next;
+          if (next > longest) longest = next;
+          queue.push(v);
+        }
+      }
+    }
+  }
+  // pairs of nodes apart: a little beyond the longest path
+  const count = n * (n - 1) / 2;
+  const pairI = new Uint16Array(count), pairJ = new Uint16Array(count), pairD = new Float32Array(count);
+  let k = 0;
+  for (let i = 0; i < n; i++) {
+    for (let j = i + 1; j < n; j++) {
+      const d = hops[i * n + j];
+      pairI[k] = i; pairJ[k] = j; pairD[k] = d === unseen ? longest + 1 : d; k++;
+    }
+  }
+  // from a circle, with a seeded shuffle of the pairs each pass
+  const x = new Float64Array(n), y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    x[i] = longest * Math.cos(2 * Math.PI * i / n);
+    y[i] = longest * Math.sin(2 * Math.PI * i / n);
+  }
+  let seed = 1;
+  const random = () => {  // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const order = new Uint32Array(count).map((_, i) => i);
+  // the step falls from moving the farthest pair all the way to a tenth of the nearest's
+  const passes = 30, etaMax = (longest + 1) ** 2, etaMin = 0.1;
+  const decay = Math.log(etaMax / etaMin) / (passes - 1);
+  for (let pass = 0; pass < passes; pass++) {
+    const eta = etaMax * Math.exp(-decay * pass);
+    for (let i = count - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      const swap = order[i]; order[i] = order[j]; order[j] = swap;
+    }
+    for (let o = 0; o < count; o++) {
+      const p = order[o], i = pairI[p], j = pairJ[p], d = pairD[p];
+      const mu = Math.min(eta / (d * d), 1);
+      const dx = x[i] - x[j], dy = y[i] - y[j];
+      const length = Math.hypot(dx, dy) || 1e-6;
+      const r = mu * (length - d) / (2 * length);
+      x[i] -= r * dx; y[i] -= r * dy;
+      x[j] += r * dx; y[j] += r * dy;
+    }
+  }
+  cy.batch(() => sorted.forEach((node, i) => node.position({ x: x[i] * unit, y: y[i] * unit })));
 }
 
 // The nodes in order along the path, if the network is one (a line), else null.
@@ -953,14 +1068,21 @@ function renderSettlementPanels() {
 // under two frames a second (200 nodes in a full mesh, benchmarks/page.py): then only the
 // selected node's links are drawn.
 const DENSE_EDGES = 1500;
-function markDense() {
+function markDenseAndSelection() {
   const dense = cy.edges().length > DENSE_EDGES;
   cy.batch(() => {
     cy.edges().forEach((edge) => {
       if (edge.hasClass("dense") !== dense) edge.toggleClass("dense", dense);
     });
-    cy.edges(".near").removeClass("near");
-    if (dense && state.selected) cy.getElementById(state.selected).connectedEdges().addClass("near");
+    cy.elements(".near").removeClass("near");
+    cy.nodes(".chosen").removeClass("chosen");
+    if (state.selected) {
+      // the selected node, its neighbours named, and in a dense network its links drawn
+      const chosen = cy.getElementById(state.selected);
+      chosen.addClass("chosen");
+      chosen.closedNeighborhood("node").addClass("near");
+      if (dense) chosen.connectedEdges().addClass("near");
+    }
   });
   document.getElementById("graph").dataset.dense = String(dense);
   const note = document.getElementById("graph-note");
@@ -971,7 +1093,7 @@ function markDense() {
 function select(nodeId) {
   if (nodeId) nodeRecord(nodeId);  // a peer that never reported has details too: it says so
   state.selected = nodeId;
-  markDense();
+  markDenseAndSelection();
   lastNodesRender = 0;
   render();
 }
