@@ -23,6 +23,7 @@ import websockets
 
 from . import examples as ex
 from .process import REPO, HubProcess
+from .services import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 RESULTS = REPO / "test-results"
@@ -241,6 +242,105 @@ def test_the_page_shows_the_live_network(hub: HubProcess, simulator: Any) -> Non
             await browser.close()
 
     asyncio.run(scenario())
+
+
+def test_the_page_rides_out_a_hub_restart(tmp_path: Path) -> None:
+    """
+    The hub restarts (SIGTERM, then a new process on the same ports and state folder) under
+    a live page and a simulated network. While it is away the page says so and keeps what it
+    knew; when it is back the page reconnects by itself, resumes where it was (the durable
+    store kept the epoch), and shows the network healthy and counting again, with no
+    console error.
+    """
+    from playwright.async_api import async_playwright
+
+    ws_port, http_port = free_port(), free_port()
+    config_url = f"http://127.0.0.1:{http_port}/config.json"
+
+    def start_hub() -> HubProcess:
+        return HubProcess(
+            "--state-dir",
+            str(tmp_path),
+            port=f"tcp:{ws_port}:interface=127.0.0.1",
+            http_port=f"tcp:{http_port}:interface=127.0.0.1",
+        )
+
+    hubs = [start_hub()]
+    hubs[0].wait_listening()
+    hubs[0].wait_http()
+    simulated = {"connector-a", "connector-b", "connector-c", "connector-d"}
+    sim = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "telemetry-sim"),
+            "--url",
+            f"ws://127.0.0.1:{ws_port}/",
+            "--nodes",
+            "4",
+            "--rate",
+            "20",
+            "--seed",
+            "5",
+            "--report-every",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def scenario() -> None:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+            def on_console(message: Any) -> None:
+                if message.type == "error":  # with the address it is about
+                    errors.append(f"{message.text} {message.location.get('url')}")
+
+            page.on("console", on_console)
+            await page.goto(f"http://127.0.0.1:{http_port}/")
+
+            async def all_healthy() -> bool:
+                states = await node_states(page)
+                return simulated <= states.keys() and all(states[n] == "healthy" for n in simulated)
+
+            await wait_for(page, all_healthy, "four healthy nodes")
+            epoch = await page.evaluate("hubState.epoch")
+            assert epoch
+
+            hubs[0].signal()
+            assert hubs[0].wait(timeout=10) == 0
+            await page.wait_for_selector("#unreachable:not([hidden])", timeout=15_000)
+            # what it knew stays on the page while the hub is away
+            assert simulated <= (await node_states(page)).keys()
+
+            hubs.append(start_hub())
+            hubs[-1].wait_listening()
+            await page.wait_for_selector("#hub-state[data-state=connected]", timeout=30_000)
+            assert await page.is_hidden("#unreachable")
+            assert await page.evaluate("hubState.epoch") == epoch  # resumed, not started over
+            await wait_for(page, all_healthy, "four healthy nodes after the restart", 40)
+            before = await received_counts(page)
+
+            async def counting() -> bool:
+                after = await received_counts(page)
+                return sum(after[n] for n in simulated) > sum(before[n] for n in simulated)
+
+            await wait_for(page, counting, "counters moving after the restart", 20)
+            # the browser reports each request that found the hub gone: only the page's
+            # reconnect attempts (backing off: 1, 2, 4 s...) asked while it was away
+            refused = "Failed to load resource: net::ERR_CONNECTION_REFUSED "
+            assert errors and all(e == f"{refused}{config_url}" for e in errors), errors
+            await browser.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        for hub in hubs:
+            hub.stop()
 
 
 async def _state_is(page: Any, node: str, state: str) -> bool:

@@ -993,6 +993,7 @@ function renderFlows() {
 // none itself, as they go back to their sender only
 let lastRejected = null, lastRejectedAt = 0;
 async function pollRejections() {
+  if (!state.connected) return;  // the hub is away: the reconnect asks for it, backing off
   try {
     const response = await fetch("health", { cache: "no-store" });
     const health = await response.json();
