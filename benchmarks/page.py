@@ -227,6 +227,21 @@ async def heap_after_gc(cdp: Any) -> float:
     return (await metrics(cdp))["JSHeapUsedSize"]
 
 
+def top_functions(profile: dict[str, Any], count: int = 15) -> list[str]:
+    """The functions the page spent most time in (self time), from a CDP CPU profile."""
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    deltas = profile.get("timeDeltas", [])
+    self_ms: dict[str, float] = {}
+    for sample, delta in zip(profile.get("samples", []), [*deltas[1:], 0], strict=True):
+        frame = nodes[sample]["callFrame"]
+        where = frame["url"].rsplit("/", 1)[-1]
+        name = f"{frame['functionName'] or '(anonymous)'} {where}:{frame['lineNumber'] + 1}"
+        self_ms[name] = self_ms.get(name, 0.0) + delta / 1000
+    total = sum(self_ms.values()) or 1.0
+    ranked = sorted(self_ms.items(), key=lambda item: -item[1])[:count]
+    return [f"{100 * ms / total:5.1f}% {ms:9.0f} ms  {name}" for name, ms in ranked]
+
+
 def mib(value: float | None) -> float | None:
     return None if value is None else round(value / 2**20, 2)
 
@@ -236,8 +251,10 @@ def watch_socket(socket: WebSocket, events: list[str]) -> None:
     socket.on("close", lambda _: events.append("closed"))
 
 
-async def measure_page(http_port: int, duration: float) -> dict[str, Any]:
-    """Open the page for C{duration} seconds and measure it."""
+async def measure_page(
+    http_port: int, duration: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """Open the page for C{duration} seconds and measure it (and profile its CPU)."""
     errors: list[str] = []
     sockets: list[str] = []
     async with async_playwright() as playwright:
@@ -255,7 +272,14 @@ async def measure_page(http_port: int, duration: float) -> dict[str, Any]:
             await cdp.send("Performance.enable")
             await page.goto(f"http://127.0.0.1:{http_port}/", wait_until="load")
             await page.evaluate("window.__frameProbe.reset()")
-            return await sample_run(page, cdp, duration, errors, sockets)
+            if profile is None:
+                return await sample_run(page, cdp, duration, errors, sockets)
+            await cdp.send("Profiler.enable")
+            await cdp.send("Profiler.start")
+            figures = await sample_run(page, cdp, duration, errors, sockets)
+            cpu_profile = (await cdp.send("Profiler.stop"))["profile"]
+            profile.write_text(json.dumps(cpu_profile))
+            return {**figures, "profile_top": top_functions(cpu_profile)}
         finally:
             await browser.close()
 
@@ -388,6 +412,9 @@ def summary(figures: dict[str, Any]) -> str:
         f"{f['console_errors']} console error(s)",
     ]
     lines += [f"    error: {text[:200]}" for text in f["console_error_examples"]]
+    if "profile_top" in f:
+        lines.append("  where the page's main thread spent its time (self time, share of samples):")
+        lines += [f"    {line}" for line in f["profile_top"]]
     return "\n".join(lines)
 
 
@@ -407,6 +434,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="the simulator's packets/s (skips calibration)")
     parser.add_argument("--settle", type=float, default=4, help="seconds before measuring rates")
     parser.add_argument("--calibrate-for", type=float, default=5, help="seconds per rate reading")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="also record the page's CPU profile into this file (open it in Chromium's "
+        "DevTools, Performance tab) and print the functions it spent most time in",
+    )
     return parser.parse_args()
 
 
@@ -425,7 +458,7 @@ def main() -> None:
             log_offset = hub_log_path.stat().st_size
             accepted0 = health(http_port)["accepted"]
             hub0, sim0, t0 = cpu_seconds(hub_pid), cpu_seconds(sim_pid), time.monotonic()
-            page = asyncio.run(measure_page(http_port, args.duration))
+            page = asyncio.run(measure_page(http_port, args.duration, args.profile))
             elapsed = time.monotonic() - t0
             after = health(http_port)
             hub_cpu, sim_cpu = cpu_seconds(hub_pid) - hub0, cpu_seconds(sim_pid) - sim0
