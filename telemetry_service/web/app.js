@@ -57,6 +57,8 @@ const state = {
   selectedPacket: null,
   series: new Map(),   // message type (or "rejected", "other") -> Ring of messages/s
   flows: new Map(),    // edge id -> {fwd, rev}: when traffic last went each way (ms)
+  links: new Map(),    // edge id -> {id, source, target, route}: every link reported
+  linksOf: new Map(),  // nodeId -> Set of its links' edge ids
   epoch: null,
   seq: null,
   connected: false,
@@ -91,9 +93,6 @@ function graphStyle(look) {
         "min-zoomed-font-size": 0, "font-weight": "bold", "font-size": look.font + 3 } },
     { selector: "node.chosen", style: { "border-width": 3, "border-color": "#2563eb" } },
     { selector: "edge", style: { width: 2, "line-color": "#cbd5e1", "curve-style": look.curve } },
-    // a dense network (thousands of links) shows the links of the selected node only
-    { selector: "edge.dense", style: { display: "none" } },
-    { selector: "edge.dense.near", style: { display: "element" } },
     { selector: "edge.route", style: { "line-style": "dashed", "line-color": "#94a3b8" } },
     // the direction traffic went lately (PACKET_SENT from a node to its next hop)
     { selector: "edge.fwd", style: { "target-arrow-shape": "triangle", "target-arrow-color": "#64748b", "line-color": "#94a3b8" } },
@@ -128,6 +127,8 @@ function relayout() {
     layoutPending = false;
     const nodes = cy.nodes();
     const n = nodes.length;
+    graphNodes = n;
+    const dense = state.links.size > DENSE_EDGES;
     // The layout follows the network's shape: a chain is drawn as a chain (in rows,
     // snaking), a star around its hub, a mesh so that distance on the page follows hops
     // in the network, and what no drawing can show (thousands of links) in rings by degree.
@@ -137,24 +138,22 @@ function relayout() {
       cy.style().fromJson(graphStyle(look)).update();
     }
     const size = look.size;
-    const landmarks = n > 100 ? new Set(nodes.sort((a, b) => b.degree() - a.degree())
-      .slice(0, LANDMARKS).map((node) => node.id())) : new Set();
+    const landmarks = n > 100 ? new Set(nodes.map((node) => node.id())
+      .sort((a, b) => degree(b) - degree(a)).slice(0, LANDMARKS)) : new Set();
     cy.batch(() => nodes.forEach((node) => {
       if (node.hasClass("landmark") !== landmarks.has(node.id())) node.toggleClass("landmark");
     }));
-    const chain = chainOrder(nodes);
-    const edges = cy.edges().length;
+    const chain = dense ? null : chainOrder(nodes);
     if (chain) {
       snake(chain, size);
     } else {
-      const degrees = nodes.map((node) => node.degree());
-      const star = n > 4 && Math.max(...degrees) >= n / 2;
+      const star = n > 4 && Math.max(...nodes.map((node) => degree(node.id()))) >= n / 2;
       if (n <= 12) {
         nodes.layout({ name: "circle", padding: 30, animate: false }).run();
-      } else if (star || edges > DENSE_EDGES || n > STRESS_MAX_NODES) {
+      } else if (star || dense || n > STRESS_MAX_NODES) {
         nodes.layout({ name: "concentric", padding: 24, animate: false,
                        minNodeSpacing: n > 100 ? 6 : n > 24 ? 18 : 30,
-                       concentric: (node) => node.degree(), levelWidth: () => 1 }).run();
+                       concentric: (node) => degree(node.id()), levelWidth: () => 1 }).run();
       } else {
         stressLayout(nodes, Math.max(size * 5, 50));
       }
@@ -168,6 +167,7 @@ function relayout() {
 }
 
 const FIT_MAX_ZOOM = 1.4;
+let graphNodes = 0;  // nodes in the graph at the last layout
 // labels always drawn in a network of over 100 nodes (the best-connected)
 const LANDMARKS = 12;
 // Past this many nodes the stress layout (n² pairs) blocks the page too long: 400 nodes
@@ -302,7 +302,7 @@ function flight(from, to) {
   flow[from < to ? "fwd" : "rev"] = Date.now();
   const second = nowSecond();
   if (second !== flightSecond) { flightSecond = second; flightsThisSecond = 0; }
-  const budget = cy.nodes().length > 100 ? FLIGHTS_PER_S / 2 : FLIGHTS_PER_S;
+  const budget = graphNodes > 100 ? FLIGHTS_PER_S / 2 : FLIGHTS_PER_S;
   if (flightsThisSecond >= budget || flying >= MAX_FLYING || document.hidden || frameMs > 40) return;
   const source = cy.getElementById(from), target = cy.getElementById(to);
   if (source.empty() || target.empty()) return;
@@ -367,16 +367,46 @@ function syncGraph(node) {
       cy.add({ group: "nodes", data: { id: other, color: COLORS.offline, health: "unknown" } });
       changed = true;
     }
-    const [a, b] = [node.id, other].sort();
-    const id = edgeId(a, b);
-    if (cy.getElementById(id).empty()) {
-      cy.add({ group: "edges", data: { id, source: a, target: b }, classes: kind === "route" ? "route" : "" });
-      changed = true;
-    } else if (kind === "peer") {
-      cy.getElementById(id).removeClass("route");
-    }
+    if (addLink(node.id, other, kind)) changed = true;
   }
   if (changed) relayout();
+}
+
+// Every link the nodes report is in state.links; Cytoscape holds only those drawn: all of
+// them up to DENSE_EDGES, past that the selected node's (markDenseAndSelection). A full
+// mesh of 200 (19,900 links) as hidden graph elements cost 77 MiB of heap and Cytoscape's
+// work per element on every change.
+function addLink(from, to, kind) {
+  const [a, b] = [from, to].sort();
+  const id = edgeId(a, b);
+  const link = state.links.get(id);
+  if (link) {
+    if (kind === "peer" && link.route) {  // a peer link is drawn solid, even if a route too
+      link.route = false;
+      cy.getElementById(id).removeClass("route");
+    }
+    return false;
+  }
+  const added = { id, source: a, target: b, route: kind === "route" };
+  state.links.set(id, added);
+  for (const end of [a, b]) {
+    let ids = state.linksOf.get(end);
+    if (!ids) { ids = new Set(); state.linksOf.set(end, ids); }
+    ids.add(id);
+  }
+  if (state.links.size <= DENSE_EDGES) drawLink(added);
+  return true;
+}
+
+function drawLink(link) {
+  if (!cy.getElementById(link.id).empty()) return;
+  cy.add({ group: "edges", data: { id: link.id, source: link.source, target: link.target },
+           classes: link.route ? "route" : "" });
+}
+
+function degree(nodeId) {
+  const ids = state.linksOf.get(nodeId);
+  return ids ? ids.size : 0;
 }
 
 // -- state
@@ -981,7 +1011,7 @@ function renderFlows() {
   const now = Date.now();
   for (const [id, flow] of state.flows) {
     const edge = cy.getElementById(id);
-    if (edge.empty() || (edge.hasClass("dense") && !edge.hasClass("near"))) continue;
+    if (edge.empty()) continue;  // not drawn (a dense network's)
     // only changes: every class change restyles the edge
     const fwd = now - flow.fwd < FLOW_S * 1000, rev = now - flow.rev < FLOW_S * 1000;
     if (edge.hasClass("fwd") !== fwd) edge.toggleClass("fwd", fwd);
@@ -1070,25 +1100,26 @@ function renderSettlementPanels() {
 // selected node's links are drawn.
 const DENSE_EDGES = 1500;
 function markDenseAndSelection() {
-  const dense = cy.edges().length > DENSE_EDGES;
+  const dense = state.links.size > DENSE_EDGES;
   cy.batch(() => {
-    cy.edges().forEach((edge) => {
-      if (edge.hasClass("dense") !== dense) edge.toggleClass("dense", dense);
-    });
-    cy.elements(".near").removeClass("near");
+    if (dense) {
+      const wanted = (state.selected && state.linksOf.get(state.selected)) || new Set();
+      cy.edges().filter((edge) => !wanted.has(edge.id())).remove();
+      for (const id of wanted) drawLink(state.links.get(id));
+    }
+    cy.nodes(".near").removeClass("near");
     cy.nodes(".chosen").removeClass("chosen");
     if (state.selected) {
-      // the selected node, its neighbours named, and in a dense network its links drawn
+      // the selected node outlined and its neighbours named
       const chosen = cy.getElementById(state.selected);
       chosen.addClass("chosen");
       chosen.closedNeighborhood("node").addClass("near");
-      if (dense) chosen.connectedEdges().addClass("near");
     }
   });
   document.getElementById("graph").dataset.dense = String(dense);
   const note = document.getElementById("graph-note");
   note.hidden = !dense;
-  note.textContent = `${cy.edges().length} links: only the selected node's are drawn`;
+  note.textContent = `${state.links.size} links: only the selected node's are drawn`;
 }
 
 function select(nodeId) {
