@@ -86,7 +86,8 @@ function graphStyle(look) {
         "font-size": look.font, "text-valign": "bottom", "text-margin-y": 4,
         width: look.size, height: look.size, "min-zoomed-font-size": look.minFont } },
     { selector: 'node[health = "unknown"]', style: {
-        "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e", width: 18, height: 18 } },
+        "background-opacity": 0.15, "border-width": 2, "border-color": "#9e9e9e",
+        width: Math.round(look.size * 0.7), height: Math.round(look.size * 0.7) } },
     // the best-connected nodes of a big network and the selected node's neighbourhood
     // keep their labels (relayout, markDenseAndSelection)
     { selector: "node.landmark, node.near", style: {
