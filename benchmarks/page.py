@@ -228,12 +228,18 @@ async def heap_after_gc(cdp: Any) -> float:
 
 
 def top_functions(profile: dict[str, Any], count: int = 15) -> list[str]:
-    """The functions the page spent most time in (self time), from a CDP CPU profile."""
+    """
+    The functions the page's main thread spent most time in (self time, as a share of its
+    busy time: idle left out), from a CDP CPU profile.
+    """
     nodes = {node["id"]: node for node in profile["nodes"]}
-    deltas = profile.get("timeDeltas", [])
+    samples, deltas = profile.get("samples", []), profile.get("timeDeltas", [])
     self_ms: dict[str, float] = {}
-    for sample, delta in zip(profile.get("samples", []), [*deltas[1:], 0], strict=True):
+    # timeDeltas[i] is the time from sample i-1 to sample i: sample i ran until i+1
+    for sample, delta in zip(samples, [*deltas[1:], 0], strict=False):
         frame = nodes[sample]["callFrame"]
+        if frame["functionName"] == "(idle)":
+            continue
         where = frame["url"].rsplit("/", 1)[-1]
         name = f"{frame['functionName'] or '(anonymous)'} {where}:{frame['lineNumber'] + 1}"
         self_ms[name] = self_ms.get(name, 0.0) + delta / 1000
@@ -413,7 +419,7 @@ def summary(figures: dict[str, Any]) -> str:
     ]
     lines += [f"    error: {text[:200]}" for text in f["console_error_examples"]]
     if "profile_top" in f:
-        lines.append("  where the page's main thread spent its time (self time, share of samples):")
+        lines.append("  where the page's main thread was busy (self time, share of busy time):")
         lines += [f"    {line}" for line in f["profile_top"]]
     return "\n".join(lines)
 
