@@ -41,6 +41,12 @@ class Ring {
 }
 
 function nowSecond() { return Math.floor(Date.now() / 1000); }
+
+// node ids in a stable order whatever the browser's locale: connector-2 before connector-10
+const collator = new Intl.Collator("en", { numeric: true });
+function byId(a, b) {
+  return collator.compare(a, b) || (a < b ? -1 : a > b ? 1 : 0);
+}
 const RATE_WINDOW_S = 10;       // packets/s is averaged over this many seconds
 const UNREACHABLE_AFTER_MS = 3000;
 const COLORS = { healthy: "#2e7d32", starting: "#f9a825", unhealthy: "#c62828", offline: "#9e9e9e" };
@@ -57,7 +63,7 @@ const state = {
   selectedPacket: null,
   series: new Map(),   // message type (or "rejected", "other") -> Ring of messages/s
   flows: new Map(),    // edge id -> {fwd, rev}: when traffic last went each way (ms)
-  links: new Map(),    // edge id -> {id, source, target, route}: every link reported
+  links: new Map(),    // edge id -> {id, source, target, route, by}: every link reported
   linksOf: new Map(),  // nodeId -> Set of its links' edge ids
   epoch: null,
   seq: null,
@@ -76,7 +82,8 @@ function graphLook(n) {
            // Cytoscape compares the font size at the zoom rounded up to a power of two:
            // 13 hides a 6 px label until the user zooms in past 2x
            minFont: n > 100 ? 13 : 5,
-           curve: n > 24 ? "straight" : "bezier" };
+           curve: n > 24 ? "straight" : "bezier",
+           ringSpacing: n > 100 ? 6 : n > 24 ? 18 : 30 };
 }
 
 function graphStyle(look) {
@@ -114,18 +121,29 @@ const cy = cytoscape({
   hideEdgesOnViewport: true,
 });
 window.cy = cy;
-let layoutPending = false;
+
+// a peer that never reported is drawn faded, whatever its presence says
+function graphHealth(node) {
+  if (!node.reported) return "unknown";
+  return node.online ? node.health : "offline";
+}
 
 function nodeColor(node) {
   if (!node.online) return COLORS.offline;
   return COLORS[node.health] || COLORS.starting;
 }
 
+// The layout runs once the network stops changing (200 ms after the last change, at most
+// a second after the first), so a snapshot of hundreds of nodes is laid out once or twice,
+// not once per node.
+let layoutTimer = null, layoutFirstAsked = 0;
 function relayout() {
-  if (layoutPending) return;
-  layoutPending = true;
-  setTimeout(() => {
-    layoutPending = false;
+  const now = Date.now();
+  if (layoutTimer === null) layoutFirstAsked = now;
+  clearTimeout(layoutTimer);
+  const wait = Math.max(0, Math.min(200, layoutFirstAsked + 1000 - now));
+  layoutTimer = setTimeout(() => {
+    layoutTimer = null;
     const nodes = cy.nodes();
     const n = nodes.length;
     graphNodes = n;
@@ -140,7 +158,7 @@ function relayout() {
     }
     const size = look.size;
     const landmarks = n > 100 ? new Set(nodes.map((node) => node.id())
-      .sort((a, b) => degree(b) - degree(a)).slice(0, LANDMARKS)) : new Set();
+      .sort((a, b) => degree(b) - degree(a) || byId(a, b)).slice(0, LANDMARKS)) : new Set();
     cy.batch(() => nodes.forEach((node) => {
       if (node.hasClass("landmark") !== landmarks.has(node.id())) node.toggleClass("landmark");
     }));
@@ -153,19 +171,32 @@ function relayout() {
         nodes.layout({ name: "circle", padding: 30, animate: false }).run();
       } else if (star || dense || n > STRESS_MAX_NODES) {
         nodes.layout({ name: "concentric", padding: 24, animate: false,
-                       minNodeSpacing: n > 100 ? 6 : n > 24 ? 18 : 30,
+                       minNodeSpacing: look.ringSpacing,
                        concentric: (node) => degree(node.id()), levelWidth: () => 1 }).run();
       } else {
         stressLayout(nodes, Math.max(size * 5, 50));
       }
     }
-    // fitting a small network must not blow its nodes up; the user may zoom in further
-    cy.maxZoom(FIT_MAX_ZOOM);
-    cy.fit(nodes, 20);
-    cy.maxZoom(4);
+    if (!userView) fitGraph();
     markDenseAndSelection();
-  }, 200);
+  }, wait);
 }
+
+// The whole network in view. Once the user pans or zooms, the view is theirs: layouts
+// no longer move it, and a double click on the background gives it back.
+let userView = false, fitting = false;
+function fitGraph() {
+  fitting = true;
+  // fitting a small network must not blow its nodes up; the user may zoom in further
+  cy.maxZoom(FIT_MAX_ZOOM);
+  cy.fit(cy.nodes(), 20);
+  cy.maxZoom(4);
+  fitting = false;
+}
+cy.on("viewport", () => { if (!fitting) userView = true; });
+cy.on("dbltap", (event) => {
+  if (event.target === cy) { userView = false; fitGraph(); }
+});
 
 const FIT_MAX_ZOOM = 1.4;
 let graphNodes = 0;  // nodes in the graph at the last layout
@@ -181,7 +212,7 @@ const STRESS_MAX_NODES = 500;
 // network it is (rings by degree drew it as a hairball). Deterministic: the same network
 // gives the same picture, after a reload too. 200 nodes take about 45 ms.
 function stressLayout(nodes, unit) {
-  const sorted = nodes.sort((a, b) => a.id().localeCompare(b.id(), undefined, { numeric: true }));
+  const sorted = nodes.sort((a, b) => byId(a.id(), b.id()));
   const n = sorted.length;
   const index = new Map(sorted.map((node, i) => [node.id(), i]));
   const neighbours = sorted.map((node) => node.neighborhood("node").map((o) => index.get(o.id())));
@@ -357,7 +388,8 @@ function syncGraph(node) {
     changed = true;
   }
   element.data("color", nodeColor(node));
-  element.data("health", node.online ? node.health : "offline");
+  element.data("health", graphHealth(node));
+  const reported = new Set();
   const links = [
     ...node.peers.map((p) => [p, "peer"]),
     ...node.routes.map((r) => [r, "route"]),
@@ -368,27 +400,35 @@ function syncGraph(node) {
       cy.add({ group: "nodes", data: { id: other, color: COLORS.offline, health: "unknown" } });
       changed = true;
     }
+    reported.add(edgeId(node.id, other));
     if (addLink(node.id, other, kind)) changed = true;
   }
+  // the links this node reported before and no longer does
+  for (const id of node.links) {
+    if (!reported.has(id) && dropLink(id, node.id)) changed = true;
+  }
+  node.links = reported;
   if (changed) relayout();
 }
 
-// Every link the nodes report is in state.links; Cytoscape holds only those drawn: all of
-// them up to DENSE_EDGES, past that the selected node's (markDenseAndSelection). A full
-// mesh of 200 (19,900 links) as hidden graph elements cost 77 MiB of heap and Cytoscape's
-// work per element on every change.
+// Every link the nodes report is in state.links, with the nodes that report it (either
+// end, or both); Cytoscape holds only those drawn: all of them up to DENSE_EDGES, past
+// that the selected node's (markDenseAndSelection). A full mesh of 200 (19,900 links) as
+// hidden graph elements cost 77 MiB of heap and Cytoscape's work per element on every
+// change.
 function addLink(from, to, kind) {
   const [a, b] = [from, to].sort();
-  const id = edgeId(a, b);
+  const id = `${a}--${b}`;
   const link = state.links.get(id);
   if (link) {
+    link.by.add(from);
     if (kind === "peer" && link.route) {  // a peer link is drawn solid, even if a route too
       link.route = false;
       cy.getElementById(id).removeClass("route");
     }
     return false;
   }
-  const added = { id, source: a, target: b, route: kind === "route" };
+  const added = { id, source: a, target: b, route: kind === "route", by: new Set([from]) };
   state.links.set(id, added);
   for (const end of [a, b]) {
     let ids = state.linksOf.get(end);
@@ -396,6 +436,18 @@ function addLink(from, to, kind) {
     ids.add(id);
   }
   if (state.links.size <= DENSE_EDGES) drawLink(added);
+  return true;
+}
+
+// A link no longer reported by C{nodeId}: gone once neither end reports it.
+function dropLink(id, nodeId) {
+  const link = state.links.get(id);
+  if (!link) return false;
+  link.by.delete(nodeId);
+  if (link.by.size) return false;
+  state.links.delete(id);
+  for (const end of [link.source, link.target]) state.linksOf.get(end)?.delete(id);
+  cy.getElementById(id).remove();
   return true;
 }
 
@@ -416,7 +468,7 @@ function nodeRecord(id) {
   let node = state.nodes.get(id);
   if (!node) {
     node = { id, health: "starting", online: true, reported: false, peers: [], routes: [],
-             routeTable: [], peerTable: [], uptime: null, uptimeAt: 0, offlineSince: null,
+             routeTable: [], peerTable: [], links: new Set(), uptime: null, uptimeAt: 0, offlineSince: null,
              spark: new Ring(SPARK_S),
              peersConnected: 0, totalPeers: 0, received: 0, sent: 0, noRoute: 0,
              buckets: new Array(RATE_WINDOW_S).fill(0), bucketAt: 0 };
@@ -834,7 +886,7 @@ function renderNodes() {
   lastNodesRender = now;
   const second = nowSecond();
   const rows = [];
-  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }))) {
+  for (const node of [...state.nodes.values()].filter((n) => n.reported).sort((a, b) => byId(a.id, b.id))) {
     const entry = nodeRow(node);
     const { tr, cells } = entry;
     const status = node.online ? node.health : "offline";
@@ -889,7 +941,7 @@ function render() {
     const element = cy.getElementById(node.id);
     if (element.empty()) continue;
     // only what changed: every data() write restyles the element
-    const color = nodeColor(node), health = node.online ? node.health : "offline";
+    const color = nodeColor(node), health = graphHealth(node);
     if (element.data("color") !== color) element.data("color", color);
     if (element.data("health") !== health) element.data("health", health);
   }
@@ -1024,7 +1076,7 @@ function renderFlows() {
 // none itself, as they go back to their sender only
 let lastRejected = null, lastRejectedAt = 0;
 async function pollRejections() {
-  if (!state.connected) return;  // the hub is away: the reconnect asks for it, backing off
+  if (!state.connected) return;  // the hub is away: polled again once reconnected
   try {
     const response = await fetch("health", { cache: "no-store" });
     const health = await response.json();
@@ -1048,7 +1100,6 @@ async function pollRejections() {
   }
 }
 setInterval(pollRejections, 2000);
-pollRejections();
 setInterval(() => { renderChart(); renderFlows(); }, 1000);
 
 function renderLogs() {
@@ -1107,6 +1158,8 @@ function markDenseAndSelection() {
       const wanted = (state.selected && state.linksOf.get(state.selected)) || new Set();
       cy.edges().filter((edge) => !wanted.has(edge.id())).remove();
       for (const id of wanted) drawLink(state.links.get(id));
+    } else if (cy.edges().length < state.links.size) {
+      for (const link of state.links.values()) drawLink(link);  // no longer dense
     }
     cy.nodes(".near").removeClass("near");
     cy.nodes(".chosen").removeClass("chosen");
@@ -1188,6 +1241,9 @@ async function connect() {
     attempt = 0;
     state.connected = true;
     setHubState("connected", "connected");
+    document.getElementById("unreachable").hidden = true;
+    lastRejected = null;  // a restarted hub counts from 0: start over
+    pollRejections();
     const resume = state.epoch ? { epoch: state.epoch, seq: state.seq ?? 0 } : {};
     // presence (online/offline) is a hub event: sent only to clients that ask for it
     socket.send(JSON.stringify({ type: "CLIENT_CONNECT", nodeId: "network-page",
