@@ -400,8 +400,9 @@ function syncGraph(node) {
       cy.add({ group: "nodes", data: { id: other, color: COLORS.offline, health: "unknown" } });
       changed = true;
     }
-    reported.add(edgeId(node.id, other));
-    if (addLink(node.id, other, kind)) changed = true;
+    const id = edgeId(node.id, other);
+    reported.add(id);
+    if (addLink(id, node.id, other, kind)) changed = true;
   }
   // the links this node reported before and no longer does
   for (const id of node.links) {
@@ -416,9 +417,7 @@ function syncGraph(node) {
 // that the selected node's (markDenseAndSelection). A full mesh of 200 (19,900 links) as
 // hidden graph elements cost 77 MiB of heap and Cytoscape's work per element on every
 // change.
-function addLink(from, to, kind) {
-  const [a, b] = [from, to].sort();
-  const id = `${a}--${b}`;
+function addLink(id, from, to, kind) {
   const link = state.links.get(id);
   if (link) {
     link.by.add(from);
@@ -428,9 +427,10 @@ function addLink(from, to, kind) {
     }
     return false;
   }
-  const added = { id, source: a, target: b, route: kind === "route", by: new Set([from]) };
+  const [source, target] = [from, to].sort();  // as edgeId orders them
+  const added = { id, source, target, route: kind === "route", by: new Set([from]) };
   state.links.set(id, added);
-  for (const end of [a, b]) {
+  for (const end of [source, target]) {
     let ids = state.linksOf.get(end);
     if (!ids) { ids = new Set(); state.linksOf.set(end, ids); }
     ids.add(id);
@@ -468,7 +468,8 @@ function nodeRecord(id) {
   let node = state.nodes.get(id);
   if (!node) {
     node = { id, health: "starting", online: true, reported: false, peers: [], routes: [],
-             routeTable: [], peerTable: [], links: new Set(), uptime: null, uptimeAt: 0, offlineSince: null,
+             routeTable: [], peerTable: [], links: new Set(),  // edge ids it reports
+             uptime: null, uptimeAt: 0, offlineSince: null,
              spark: new Ring(SPARK_S),
              peersConnected: 0, totalPeers: 0, received: 0, sent: 0, noRoute: 0,
              buckets: new Array(RATE_WINDOW_S).fill(0), bucketAt: 0 };
