@@ -764,10 +764,17 @@ class SqliteStore(MemoryStore):
         self._lock.close()
 
 
+#: the most pieces one writev() takes (POSIX's IOV_MAX, 1024 on Linux); a pass may hold more
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
 def _write_all(fd: int, parts: list[bytes]) -> int:
     """
-    Write the pieces in order, in one system call unless the file takes less.
+    Write the pieces in order, in one system call unless there are more than one call
+    takes (a pass with hundreds of node statuses) or the file takes less.
     """
+    if len(parts) > _IOV_MAX:
+        return sum(_write_all(fd, parts[i : i + _IOV_MAX]) for i in range(0, len(parts), _IOV_MAX))
     total = sum(len(p) for p in parts)
     written = os.writev(fd, parts)
     if written < total:

@@ -122,6 +122,28 @@ def test_a_pass_is_one_chunk_and_its_messages_come_back_as_they_were(tmp_path: P
     again.close()
 
 
+def test_a_pass_with_thousands_of_node_statuses_is_written_whole(tmp_path: Path) -> None:
+    """
+    More records than one writev() takes (IOV_MAX) in one pass, as when hundreds of
+    connectors start at once: the pass is written in pieces, nothing is set aside.
+    """
+    store = opened(tmp_path)
+    for seq in range(1, 2001):
+        node = f"connector-{seq}"
+        store.append(message(seq, node))
+        store.node_status_changed(node, seq, f'{{"nodeId":"{node}","seq":{seq}}}'.encode())
+    store.commit()
+    assert store.degraded is None
+    epoch = store.epoch
+    crash(store)  # what the journal holds, read back
+    again = opened(tmp_path)
+    assert (again.recovery, again.epoch, again.last_seq) == ("continued", epoch, 2000)
+    statuses = again.node_statuses()
+    assert [n for n, _, _ in statuses] == [f"connector-{seq}" for seq in range(1, 2001)]
+    assert statuses[-1][2] == b'{"nodeId":"connector-2000","seq":2000}'
+    again.close()
+
+
 def test_a_process_crash_keeps_every_committed_message(tmp_path: Path) -> None:
     store = filled(tmp_path)
     epoch = store.epoch
