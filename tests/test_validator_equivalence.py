@@ -7,11 +7,19 @@ them.
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from telemetry_service.errors import Rejection
+import pytest
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from telemetry_service.errors import ConfigurationError, Rejection
 from telemetry_service.schemas import SchemaCatalog
 
 from .test_schemas import BAD, GOOD
@@ -98,10 +106,23 @@ def mutate(message: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return result
 
 
+def reference_validator(catalog: SchemaCatalog, message_type: str) -> Draft202012Validator:
+    """
+    The pure-Python C{jsonschema} validator of a type: the reference that the fast one is
+    tested against.
+    """
+    registry: Registry[Any] = Registry().with_resources(
+        (uri, Resource.from_contents(doc, DRAFT202012)) for uri, doc in catalog.documents.items()
+    )
+    return Draft202012Validator(
+        catalog.documents[catalog.type_uris[message_type]], registry=registry
+    )
+
+
 def test_fast_and_reference_validators_agree(catalog: SchemaCatalog) -> None:
     rng = random.Random(20261127)
     seeds = [m for _, m in GOOD] + [m for _, m, _, _ in BAD]
-    reference = {t: catalog.reference_validator(t) for t in catalog.types}
+    reference = {t: reference_validator(catalog, t) for t in catalog.types}
     checked = accepted = 0
     exercised: set[str] = set()
     for seed in seeds:
@@ -123,3 +144,51 @@ def test_fast_and_reference_validators_agree(catalog: SchemaCatalog) -> None:
     assert exercised == set(catalog.types)
     assert checked > 15_000
     assert 0.05 < accepted / checked < 0.95
+
+
+#: schema files, valid and not, at the edges of the metaschema and its formats
+SCHEMA_FILES: list[Any] = [
+    {"type": "object"},
+    {"type": 12},
+    {"type": "banana"},
+    {"type": ["string", "string"]},
+    {"properties": {"x": {"minLength": -1}}},
+    {"properties": {"x": {"pattern": "^[a-z]+$"}}},
+    {"properties": {"x": {"pattern": "("}}},
+    {"pattern": "[a-"},
+    {"required": ["a", "a"]},
+    {"required": "a"},
+    {"enum": []},
+    {"enum": [1, 1]},
+    {"$defs": {"x": {"maximum": "3"}}},
+    {"additionalProperties": {"type": "string"}},
+    {"additionalProperties": 3},
+    {"format": 5},
+    {"$id": 5},
+    {"items": [{"type": "string"}]},
+    {"prefixItems": [{"type": "string"}]},
+    {"const": None},
+    {"minItems": 1.5},
+    {"minItems": 2.0},
+]
+
+
+@pytest.mark.parametrize("document", SCHEMA_FILES, ids=str)
+def test_the_load_time_check_refuses_what_jsonschema_refuses(document: Any, tmp_path: Path) -> None:
+    """
+    The hub checks schema files with jsonschema-rs (fast enough for every start); the
+    verdict on a file is the reference's, jsonschema's check_schema.
+    """
+    try:
+        Draft202012Validator.check_schema(document)
+        expected = True
+    except SchemaError:
+        expected = False
+    (tmp_path / "THING.json").write_text(json.dumps(document))
+    try:
+        SchemaCatalog.load(tmp_path)
+        verdict = True
+    except ConfigurationError as e:
+        assert "THING.json: not a valid JSON Schema" in str(e)
+        verdict = False
+    assert verdict == expected
