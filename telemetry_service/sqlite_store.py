@@ -347,9 +347,13 @@ class SqliteStore(MemoryStore):
                     raise UnusableStateError(
                         f"it is in format {version}, this hub reads format {FORMAT}"
                     )
+            journal_left = any((self._dir / name).exists() for name in (ABSORBING, JOURNAL))
             memory, statuses, recovery = self._load(conn, meta)
-            # what start-up found is the new starting point: in the database, not the journal
-            self._rewrite(conn, memory, statuses)
+            # What start-up found is the new starting point: in the database, not the
+            # journal. After a clean stop the database holds exactly that already, and
+            # writing the whole history again would double the time to start.
+            if journal_left or recovery != "continued":
+                self._rewrite(conn, memory, statuses)
         except sqlite3.OperationalError as e:
             conn.close()
             if "locked" in str(e) or "busy" in str(e):
