@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -33,7 +33,6 @@ from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.metrics import registry as metrics_registry
-from telemetry_service.redis_bus import RedisAddress, RedisBus
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.settlement import TYPES as SETTLEMENT_TYPES
 from telemetry_service.settlement import SettlementState
@@ -46,6 +45,9 @@ from telemetry_service.websocket import (
     WebSocketListener,
     prepared_fanout,
 )
+
+if TYPE_CHECKING:
+    from telemetry_service.redis_bus import RedisAddress
 
 _DEFAULTS = Settings()
 
@@ -391,12 +393,15 @@ class Options(usage.Options):
         )
         self.schemas_dir = Path(values["schemas"]) if values["schemas"] else shipped_schemas_dir()
         self.store: str = values["store"] or "sqlite"
-        try:
-            self.redis: RedisAddress | None = (
-                RedisAddress.parse(values["redis"]) if values["redis"] else None
-            )
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
+        self.redis: RedisAddress | None = None
+        if values["redis"]:
+            # imported only when asked for: txredisapi is a good part of a start's imports
+            from telemetry_service.redis_bus import RedisAddress
+
+            try:
+                self.redis = RedisAddress.parse(values["redis"])
+            except ConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
         self.tokens_file = Path(values["tokens"]).expanduser() if values["tokens"] else None
         self.allowed_origins: tuple[str, ...] | None = values["allowed-origins"]
         self.state_dir = (
@@ -637,6 +642,8 @@ def build_service(
     store: MessageStore | None = None
     bus: Callable[[Hub], Bus] | None = None
     if options.redis is not None:
+        from telemetry_service.redis_bus import RedisBus
+
         address = options.redis
 
         def bus(hub: Hub) -> Bus:
