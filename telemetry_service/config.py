@@ -25,8 +25,10 @@ class Settings:
     close_timeout: float = 2.0
     #: listen backlog; Twisted's default of 50 overflows under bursts of reconnecting peers
     backlog: int = 1024
-    #: on SIGTERM/SIGINT, seconds to wait for peers to answer the 1001 close before exiting
-    shutdown_grace: float = 3.0
+    #: on SIGTERM/SIGINT and SIGUSR2, seconds to wait for peers to answer the close (1001,
+    #: 1012) before dropping them: short, so that no peer holds up a stop or a restart
+    #: (clients that answer at all answer within milliseconds)
+    shutdown_grace: float = 0.25
 
     #: per connection: bytes the hub holds for it (frames of this reactor pass, frames
     #: waiting for a slow reader, the unsent part of a snapshot or resume); past this the

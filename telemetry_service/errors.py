@@ -29,6 +29,8 @@ UNAUTHORIZED = "UNAUTHORIZED"
 # WebSocket close codes the hub sends (documented in the README's table of close codes).
 #: the hub is shutting down (RFC 6455 "going away")
 GOING_AWAY = 1001
+#: the hub is restarting in place and will be back at once (RFC 6455 "service restart")
+SERVICE_RESTART = 1012
 #: a text frame that is not valid UTF-8 (RFC 6455 "invalid frame payload data")
 INVALID_PAYLOAD = 1007
 #: sustained abuse of a budget, e.g. the message rate (RFC 6455 "policy violation")

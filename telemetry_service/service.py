@@ -1,6 +1,7 @@
 """
 The hub as a running service: starting, stopping, and what the signals ask of it
-(SIGTERM and SIGINT stop it, SIGHUP reloads the schema folder and the token file).
+(SIGTERM and SIGINT stop it, SIGHUP reloads the schema folder and the token file, SIGUSR2
+restarts it in place: see L{telemetry_service.restart}).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
@@ -21,8 +22,10 @@ from twisted.python.components import Componentized
 
 from telemetry_service import __version__
 from telemetry_service.auth import load_tokens
-from telemetry_service.errors import ConfigurationError
+from telemetry_service.errors import SERVICE_RESTART, ConfigurationError
 from telemetry_service.hub import Hub
+from telemetry_service.listeners import Listener, WebSocketListener
+from telemetry_service.restart import InPlaceRestart, RestartNote, RestartRefused
 from telemetry_service.schemas import SchemaCatalog
 
 
@@ -40,18 +43,25 @@ class TelemetryHubService(MultiService):
         observer: ILogObserver,
         summary: dict[str, Any],
         reactor: IReactorCore | None = None,
+        restart: InPlaceRestart | None = None,
+        restarted: RestartNote | None = None,
     ) -> None:
         """
         @param hub: the hub this service runs (exposed for health checks and tests).
         @param reactor: when given, the service takes over SIGTERM and SIGINT from it (see
             L{_take_over_signals}); twistd's wiring passes it, in-process tests do not.
+        @param restart: checks the code on disk and replaces this process (SIGUSR2).
+        @param restarted: the note of the process this one replaced, to log.
         """
         super().__init__()
         self.hub = hub
         self._observer = observer
         self._summary = summary
         self._reactor = reactor
+        self._restart = restart
+        self._restarted = restarted
         self._stopping = False
+        self._restarting = False
         self._said_starting = False
         #: SIGHUP reloads by outcome, for /metrics
         self.reloads = {"schemas_ok": 0, "schemas_failed": 0, "tokens_ok": 0, "tokens_failed": 0}
@@ -66,6 +76,7 @@ class TelemetryHubService(MultiService):
 
     def privilegedStartService(self) -> None:
         # twistd calls this first; twist goes straight to startService
+        self._take_restart_signal()
         self._starting()
         with self._one_line_on_failure():
             super().privilegedStartService()
@@ -81,8 +92,35 @@ class TelemetryHubService(MultiService):
         self._rates_timer = LoopingCall(self.hub.rates.roll)
         self._rates_timer.clock = self.hub.rates.clock
         self._rates_timer.start(1.0, now=False)
+        self._take_restart_signal()
         if self._reactor is not None:
             self._reactor.callWhenRunning(self._take_over_signals)
+        if self._restarted is not None:
+            self._said_restarted(self._restarted)
+
+    def _take_restart_signal(self) -> None:
+        # Before anything listens, not once the reactor runs: SIGUSR2's default is to end
+        # the process, and twistd leaves it alone. (From the exec of a restart until here
+        # it is ignored: the replaced process set it so, and exec keeps that.)
+        if self._reactor is not None:
+            signal.signal(signal.SIGUSR2, self._on_restart_signal)
+
+    def _said_restarted(self, note: RestartNote) -> None:
+        # the listeners serve the inherited sockets again by now: they adopt them at once
+        now = self._clock_seconds()
+        self._log.info(
+            "Restarted in place: version {before} -> {after}, not serving for {paused_ms} ms "
+            "({start_ms} ms of it starting the new process)",
+            before=note.version,
+            after=__version__,
+            paused_ms=round((now - note.paused) * 1000),
+            start_ms=round((now - note.replaced) * 1000),
+            asked_ms=round((now - note.asked) * 1000),
+        )
+
+    def _clock_seconds(self) -> float:
+        seconds: float = self.hub.rates.clock.seconds()
+        return seconds
 
     def _starting(self) -> None:
         if self._said_starting:
@@ -153,6 +191,71 @@ class TelemetryHubService(MultiService):
     def _on_reload_signal(self, number: int, frame: object) -> None:
         IReactorThreads(self._reactor).callFromThread(self.reload)
 
+    def _on_restart_signal(self, number: int, frame: object) -> None:
+        IReactorThreads(self._reactor).callFromThread(self.restart)
+
+    @defer.inlineCallbacks
+    def restart(self) -> Any:
+        """
+        SIGUSR2: check the code, schemas and options on disk; if a hub would start with
+        them, stop accepting (connections wait in the backlog), close every connection with
+        1012, close the store, and replace this process with them, sockets handed over.
+        If not, say why and go on serving.
+        """
+        if self._restart is None or self._stopping or self._restarting:
+            why = "stopping" if self._stopping else "already restarting"
+            if self._restart is None:
+                why = "this hub was not started by twistd"
+            self._log.warn("Restart asked for, not taken: {reason}", reason=why)
+            return
+        self._restarting = True
+        asked = self._clock_seconds()
+        self._log.info(
+            "Restart asked for: checking the code, schemas and options on disk first "
+            "(version {version} running)",
+            version=__version__,
+        )
+        try:
+            problems = [p for p in map(_handover_problem, self) if p is not None]
+            if problems:
+                raise RestartRefused("; ".join(problems))
+            new_version = yield threads.deferToThread(self._restart.check)
+        except RestartRefused as e:
+            self._restarting = False
+            self._log.error(
+                "Restart refused, still serving version {version}: {reason}",
+                version=__version__,
+                reason=str(e),
+            )
+            return
+        if self._stopping:
+            return
+        self._log.info(
+            "Restarting in place: version {before} -> {after}; connections wait in the "
+            "backlog, open ones are closed with 1012",
+            before=__version__,
+            after=new_version,
+        )
+        paused = self._clock_seconds()
+        try:
+            listeners = [s for s in self if isinstance(s, Listener)]
+            sockets = {str(listener.name): listener.pause() for listener in listeners}
+            for listener in listeners:
+                if isinstance(listener, WebSocketListener):
+                    yield listener.close_connections(SERVICE_RESTART, "hub restarting")
+            if self._rates_timer is not None and self._rates_timer.running:
+                self._rates_timer.stop()
+            yield self.hub.bus.close()
+            if self._stopping:
+                return  # SIGTERM meanwhile: the stop goes on, the sockets are closing
+            note = RestartNote(__version__, asked, paused, self._clock_seconds())
+            self._restart.replace_process(sockets, note)
+        except Exception as e:
+            # Nothing is left to serve with (connections and store closed): stop, and let
+            # the supervisor start the hub again (systemd keeps the sockets meanwhile).
+            self._log.failure("Restart failed, stopping: {error}", error=repr(e))
+            self._stop("the failed restart")
+
     def reload(self) -> None:
         """
         SIGHUP: read the schema folder and the token file again.
@@ -216,3 +319,7 @@ class TelemetryHubService(MultiService):
         self._stopping = True
         self._log.info("Received {signal}, shutting down", signal=name)
         self._reactor.stop()
+
+
+def _handover_problem(service: Any) -> str | None:
+    return service.handover_problem() if isinstance(service, Listener) else None

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
@@ -23,9 +22,17 @@ from telemetry_service.bus import Bus
 from telemetry_service.config import Settings
 from telemetry_service.errors import ConfigurationError
 from telemetry_service.hub import Hub
-from telemetry_service.listeners import Listener, WebSocketListener
+from telemetry_service.listeners import (
+    HTTP,
+    WEBSOCKET,
+    Listener,
+    WebSocketListener,
+    inherited_sockets,
+    listening_endpoint,
+)
 from telemetry_service.logs import FORMATS, LEVELS, make_observer
 from telemetry_service.metrics import registry as metrics_registry
+from telemetry_service.restart import InPlaceRestart, RestartNote
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.service import TelemetryHubService
 from telemetry_service.settlement import TYPES as SETTLEMENT_TYPES
@@ -250,7 +257,7 @@ OPTIONS = [
         "TELEMETRY_SHUTDOWN_GRACE",
         _d("shutdown_grace"),
         _positive_float,
-        "seconds to wait for peers to answer the 1001 close at shutdown",
+        "seconds to wait for peers to answer the close at shutdown (1001) or restart (1012)",
         "shutdown_grace",
     ),
     Option(
@@ -348,6 +355,12 @@ class Options(usage.Options):
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
+        #: the arguments as given, for the check before an in-place restart
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         values: dict[str, Any] = {}
@@ -421,20 +434,50 @@ def endpoint_description(port: str, backlog: int) -> str:
     return port
 
 
+def check_configuration(options: Options) -> None:
+    """
+    Read what a start with these options reads besides them, as it would (the check
+    before an in-place restart): the schema folder, the token file, and the modules that
+    only some options import.
+
+    @raise ConfigurationError: saying what would stop the start.
+    """
+    from twisted.internet import reactor
+
+    SchemaCatalog.load(options.schemas_dir)
+    if options.tokens_file is not None:
+        load_tokens(options.tokens_file)
+    if options.redis is not None:
+        import telemetry_service.redis_bus  # noqa: F401
+    for option, description in (
+        ("--port", options.endpoint),
+        ("--http-port", options.http_endpoint),
+    ):
+        # parsed, never listened on (an ssl: endpoint reads its key and certificate now);
+        # a systemd: one names sockets only the hub itself holds
+        if description is not None and not description.startswith("systemd:"):
+            listening_endpoint(reactor, option, description, None)
+
+
 def build_service(
     options: Options,
     reactor: IReactorCore,
     catalog: SchemaCatalog,
     handle_signals: bool = False,
+    inherited: Mapping[str, int] | None = None,
+    restart: InPlaceRestart | None = None,
+    restarted: RestartNote | None = None,
 ) -> TelemetryHubService:
     """
     Wire schemas, hub, factory and listener under one service.
+
+    @param inherited: listening sockets this process was given, by name (see listeners).
+    @param restart: how the service restarts in place on SIGUSR2.
+    @param restarted: the note of the process this one replaced, if it did.
     """
     settings = options.settings
-    try:
-        endpoint = serverFromString(reactor, options.endpoint)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        raise ConfigurationError(f"bad --port {options.endpoint!r}: {e}") from None
+    inherited = inherited or {}
+    endpoint = listening_endpoint(reactor, "--port", options.endpoint, inherited.get(WEBSOCKET))
     clock = IReactorTime(reactor)
     store: MessageStore | None = None
     bus: Callable[[Hub], Bus] | None = None
@@ -485,15 +528,18 @@ def build_service(
         observer=make_observer(options.log_level, options.log_format, sys.stdout),
         summary={"count": len(catalog.types), "schemas": str(catalog.source)},
         reactor=reactor if handle_signals else None,
+        restart=restart,
+        restarted=restarted,
     )
-    listener = WebSocketListener(endpoint, options.endpoint, factory, settings, clock)
-    listener.setName("websocket")
+    listener = WebSocketListener(
+        endpoint, options.endpoint, factory, settings, clock, WEBSOCKET in inherited
+    )
+    listener.setName(WEBSOCKET)
     listener.setServiceParent(service)
     if options.http_endpoint is not None:
-        try:
-            http_endpoint = serverFromString(reactor, options.http_endpoint)
-        except (ValueError, TypeError, KeyError, OSError) as e:
-            raise ConfigurationError(f"bad --http-port {options.http_endpoint!r}: {e}") from None
+        http_endpoint = listening_endpoint(
+            reactor, "--http-port", options.http_endpoint, inherited.get(HTTP)
+        )
         site = build_site(
             hub,
             settlement,
@@ -501,10 +547,10 @@ def build_service(
             clock,
             metrics=metrics_registry(hub, factory, lambda: service.reloads),
         )
-        web = Listener(http_endpoint, options.http_endpoint, site)
+        web = Listener(http_endpoint, options.http_endpoint, site, HTTP in inherited)
         web.what = "page and /health"
         factory.page_port = lambda: web.port_number
-        web.setName("http")
+        web.setName(HTTP)
         web.setServiceParent(service)
     return service
 
@@ -517,6 +563,14 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> Teleme
     assert reactor is not None
     try:
         catalog = SchemaCatalog.load(options.schemas_dir)
-        return build_service(options, reactor, catalog, handle_signals=True)
+        return build_service(
+            options,
+            reactor,
+            catalog,
+            handle_signals=True,
+            inherited=inherited_sockets(reactor),
+            restart=InPlaceRestart(options.arguments),
+            restarted=RestartNote.from_environment(),
+        )
     except ConfigurationError as e:
         raise SystemExit(f"telemetry: {e}") from None

@@ -495,6 +495,9 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
             self, factory.max_queued_bytes, factory.batcher, factory.budget, factory.fast.writes
         )
         self.factory.hub.connection_opened(self._hub_peer, self._grant)
+        if factory.closing is not None:
+            # its handshake began before the hub started closing (see close_connections)
+            self.go_away(*factory.closing)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         peer = self._hub_peer
@@ -556,16 +559,17 @@ class TelemetryServerProtocol(WebSocketServerProtocol):
         )
         self.dropConnection(abort=True)
 
-    def go_away(self) -> None:
+    def go_away(self, code: int = GOING_AWAY, reason: str = "hub shutting down") -> None:
         """
-        Start the closing handshake with 1001 (Going Away). Autobahn's C{sendClose} refuses
-        1001, which is reserved for exactly this, so the frame is sent directly.
+        Start the closing handshake because the hub stops (1001, Going Away) or restarts
+        (1012, Service Restart). Autobahn's C{sendClose} refuses both, reserved for exactly
+        this, so the frame is sent directly.
         """
         if self.state == _OPEN:
             if self._hub_peer is not None:
                 self._hub_peer.flush()  # what this pass sent still goes first
                 self._hub_peer.drop_queue()
-            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"hub shutting down", isReply=False)
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
         else:
             self.dropConnection(abort=True)
 
@@ -634,6 +638,9 @@ class TelemetryServerFactory(WebSocketServerFactory):
         }
         #: connections the hub closed for what they cost, by why
         self.closes: dict[str, int] = {"slow_reader": 0, "global_budget": 0, "send_failed": 0}
+        #: while the hub closes every connection (stopping, restarting): the close code and
+        #: reason for a connection that completes its handshake meanwhile
+        self.closing: tuple[int, str] | None = None
         #: the HTTP port of the hub's own page, whose origin may always connect
         self.page_port: Callable[[], int | None] = lambda: None
         # refusals are logged at most once a second, with a count of the rest

@@ -171,6 +171,15 @@ def test_going_away_sends_a_1001_close_frame(parts: Any) -> None:
     assert c.frames() == []
 
 
+def test_a_restart_sends_a_1012_close_frame(parts: Any) -> None:
+    c = connect(parts)
+    c.protocol.go_away(1012, "hub restarting")
+    ((opcode, payload),) = c.frames()
+    assert opcode == 0x8
+    assert struct.unpack("!H", payload[:2]) == (1012,)
+    assert payload[2:] == b"hub restarting"
+
+
 def test_transport_backpressure_marks_the_peer_congested(parts: Any) -> None:
     hub = parts[0]
     c = connect(parts)

@@ -104,9 +104,10 @@ class Connector:
     tries once more after about a second, and if that is refused it exits for good.
     """
 
-    def __init__(self, address: str, node: str) -> None:
+    def __init__(self, address: str, node: str, interval: float = SEND_INTERVAL) -> None:
         self.address = address
         self.node = node
+        self.interval = interval
         self.sent = 0
         self.reconnects = 0
         self.exited: str | None = None
@@ -118,7 +119,7 @@ class Connector:
             try:
                 await connection.send(json.dumps(ex.packet_sent(self.node, self.sent)))
                 self.sent += 1
-                await asyncio.sleep(SEND_INTERVAL)
+                await asyncio.sleep(self.interval)
             except ConnectionClosed:
                 await asyncio.sleep(CONNECTOR_RETRY_SECONDS)
                 try:
