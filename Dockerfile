@@ -36,5 +36,7 @@ WORKDIR /tmp
 EXPOSE 9000 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["telemetry-healthcheck"]
-# exec form: twistd is PID 1 and receives SIGTERM itself (1001 to every peer, exit 0)
+# exec form: twistd is PID 1 and receives every signal itself: SIGTERM (1001 to every peer,
+# exit 0), SIGHUP (schemas and tokens again), SIGUSR2 (`docker kill -s USR2`: restart in
+# place, as PID 1 still, with the ports never closed, so no connector is refused)
 CMD ["twistd", "-n", "--pidfile=", "telemetry"]

@@ -1,6 +1,9 @@
 # Two commands for a fresh machine (Python 3.11+, pip and venv are all they need):
 #   make run    install into .venv and start the hub: WebSocket on 9000, page on 8080
 #   make test   install the test tools into .venv and run lint, types and the whole suite
+# and, for the hub that make run started:
+#   make restart   restart it in place (SIGUSR2): new code and schemas, no connection refused
+#   make reload    read the schema folder and the token file again (SIGHUP)
 #   make test-latest   the same against the newest releases (make lock then takes them)
 # and, to see something at once:
 #   make demo   the hub plus a simulated network of connectors; open http://localhost:8080/
@@ -15,7 +18,7 @@ NODES  ?= 6
 TOPOLOGY ?= linear
 RATE   ?= 10
 
-.PHONY: run demo demo-cluster test lint typecheck pytest clean test-latest lock
+.PHONY: run restart reload demo demo-cluster test lint typecheck pytest clean test-latest lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +35,18 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@ $(VENV)/.installed
 
+# twistd keeps the hub's PID in $(PIDFILE), for restart and reload
+PIDFILE := $(VENV)/hub.pid
 run: $(VENV)/.installed
-	$(BIN)/twistd -n --pidfile= telemetry --port $(PORT) --http-port $(HTTP_PORT)
+	$(BIN)/twistd -n --pidfile=$(PIDFILE) telemetry --port $(PORT) --http-port $(HTTP_PORT)
+
+restart:
+	@test -f $(PIDFILE) || { echo "no hub started by 'make run' ($(PIDFILE) is missing)"; exit 1; }
+	kill -USR2 $$(cat $(PIDFILE))
+
+reload:
+	@test -f $(PIDFILE) || { echo "no hub started by 'make run' ($(PIDFILE) is missing)"; exit 1; }
+	kill -HUP $$(cat $(PIDFILE))
 
 # The hub and telemetry-sim together; Ctrl-C stops both.
 demo: $(VENV)/.installed
