@@ -2,7 +2,7 @@
 txredisapi on Twisted's default reactor against redis-py (asyncio, hiredis) on Twisted's
 asyncio reactor, on the hub's hot path with Redis: the submit script (one call per reactor
 pass, 100 messages each, pipelined) while a second connection reads the stream with XREAD
-BLOCK, as L{telemetry_service.redis_bus} does.
+BLOCK, as L{telemetry_service.bus.redis.bus} does.
 
     python benchmarks/redis_clients.py [--messages 100000] [--reps 3]
 

@@ -76,8 +76,8 @@ def build_state(folder: Path, messages: int, nodes: int) -> None:
 import orjson
 from pathlib import Path
 from twisted.internet import reactor
-from telemetry_service.sqlite_store import SqliteStore
-from telemetry_service.store import StoredMessage
+from telemetry_service.history.sqlite import SqliteStore
+from telemetry_service.history.memory import StoredMessage
 import startup
 
 def fill():

@@ -14,7 +14,6 @@ import functools
 from collections import deque
 from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -22,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from telemetry_service.auth import CONNECTOR, VIEWER, Access, Grant
-from telemetry_service.bus import Bus, LocalBus
+from telemetry_service.bus.base import Bus, LocalBus
 from telemetry_service.codec import decode, encode
 from telemetry_service.config import Settings
 from telemetry_service.errors import (
@@ -39,29 +38,23 @@ from telemetry_service.errors import (
     Rejection,
     shorten,
 )
+from telemetry_service.history.memory import MemoryStore, MessageStore, StoredMessage
 from telemetry_service.ratelimit import TokenBucket
 from telemetry_service.rates import MessageRates
 from telemetry_service.replay import ReplayCache
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.store import MemoryStore, MessageStore, StoredMessage
+from telemetry_service.vocabulary import (
+    CLIENT_CONNECT,
+    HUB_EVENTS,
+    NODE_PRESENCE,
+    NODE_STATUS,
+    PLACEHOLDER_NODE_ID,
+    RESUME,
+    presence_event,
+)
 
-CLIENT_CONNECT = "CLIENT_CONNECT"
 #: how long a resume from a seq this hub has not read yet waits for it (see L{Bus.shared})
 RESUME_CATCH_UP_SECONDS = 2.0
-NODE_STATUS = "NODE_STATUS"
-#: sent by the hub when a node's last connector goes away or its first one arrives
-NODE_PRESENCE = "NODE_PRESENCE"
-#: sent by the hub to a dashboard that asked to resume
-RESUME = "RESUME"
-#: events the hub itself originates and keeps in its history. A client receives them only
-#: if it names them in the C{hubEvents} of its CLIENT_CONNECT: the existing clients count
-#: frames, and an extra frame breaks them.
-HUB_EVENTS = frozenset({NODE_PRESENCE})
-#: the nodeId the real connector's settlement monitor sends when it was built without one.
-#: It names no node: such an event is accepted from any connector, attributed to the
-#: connection's own node (C{sourceNodeId}, as for events with no nodeId at all), and never
-#: binds a connection or enters the replay cache.
-PLACEHOLDER_NODE_ID = "unknown"
 
 #: messages read from the store at a time while a resume is sent: few, since each may be
 #: up to --max-message-bytes and what a stream holds counts against its client's budget
@@ -854,13 +847,7 @@ class Hub:
             self._fanout(targets, stored.payload)
 
     def _presence(self, node_id: str, online: bool) -> dict[str, Any]:
-        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-        return {
-            "type": NODE_PRESENCE,
-            "nodeId": node_id,
-            "online": online,
-            "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        }
+        return presence_event(node_id, online, self._clock.seconds())
 
     # -- the replay cache
 

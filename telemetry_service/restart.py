@@ -145,7 +145,7 @@ class InPlaceRestart:
         @raise OSError: the new program could not be run (this process is then as it was
             when called: its sockets paused, its connections and store closed).
         """
-        from telemetry_service.listeners import LISTEN_FDS_ENV
+        from telemetry_service.transport.listeners import LISTEN_FDS_ENV
 
         environ = dict(self._environ)
         environ[LISTEN_FDS_ENV] = ",".join(f"{name}={fd}" for name, fd in sockets.items())

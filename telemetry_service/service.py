@@ -24,9 +24,9 @@ from telemetry_service import __version__
 from telemetry_service.auth import load_tokens
 from telemetry_service.errors import SERVICE_RESTART, ConfigurationError
 from telemetry_service.hub import Hub
-from telemetry_service.listeners import Listener, WebSocketListener
 from telemetry_service.restart import InPlaceRestart, RestartNote, RestartRefused
 from telemetry_service.schemas import SchemaCatalog
+from telemetry_service.transport.listeners import Listener, WebSocketListener
 
 
 class TelemetryHubService(MultiService):

@@ -18,11 +18,21 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
 from telemetry_service.auth import Access, load_tokens, parse_origins
-from telemetry_service.bus import Bus
+from telemetry_service.bus.base import Bus
 from telemetry_service.config import Settings
 from telemetry_service.errors import ConfigurationError
+from telemetry_service.history.memory import MemoryStore, MessageStore
+from telemetry_service.history.sqlite import SqliteStore
+from telemetry_service.http.metrics import registry as metrics_registry
+from telemetry_service.http.site import build_site
 from telemetry_service.hub import Hub
-from telemetry_service.listeners import (
+from telemetry_service.logs import FORMATS, LEVELS, make_observer
+from telemetry_service.restart import InPlaceRestart, RestartNote
+from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
+from telemetry_service.service import TelemetryHubService
+from telemetry_service.settlement import TYPES as SETTLEMENT_TYPES
+from telemetry_service.settlement import SettlementState
+from telemetry_service.transport.listeners import (
     HTTP,
     WEBSOCKET,
     Listener,
@@ -30,20 +40,10 @@ from telemetry_service.listeners import (
     inherited_sockets,
     listening_endpoint,
 )
-from telemetry_service.logs import FORMATS, LEVELS, make_observer
-from telemetry_service.metrics import registry as metrics_registry
-from telemetry_service.restart import InPlaceRestart, RestartNote
-from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
-from telemetry_service.service import TelemetryHubService
-from telemetry_service.settlement import TYPES as SETTLEMENT_TYPES
-from telemetry_service.settlement import SettlementState
-from telemetry_service.sqlite_store import SqliteStore
-from telemetry_service.store import MemoryStore, MessageStore
-from telemetry_service.web import build_site
-from telemetry_service.websocket import TelemetryServerFactory, prepared_fanout
+from telemetry_service.transport.websocket import TelemetryServerFactory, prepared_fanout
 
 if TYPE_CHECKING:
-    from telemetry_service.redis_bus import RedisAddress
+    from telemetry_service.bus.redis.bus import RedisAddress
 
 _DEFAULTS = Settings()
 
@@ -398,7 +398,7 @@ class Options(usage.Options):
         self.redis: RedisAddress | None = None
         if values["redis"]:
             # imported only when asked for: txredisapi is a good part of a start's imports
-            from telemetry_service.redis_bus import RedisAddress
+            from telemetry_service.bus.redis.bus import RedisAddress
 
             try:
                 self.redis = RedisAddress.parse(values["redis"])
@@ -448,7 +448,7 @@ def check_configuration(options: Options) -> None:
     if options.tokens_file is not None:
         load_tokens(options.tokens_file)
     if options.redis is not None:
-        import telemetry_service.redis_bus  # noqa: F401
+        import telemetry_service.bus.redis.bus  # noqa: F401
     for option, description in (
         ("--port", options.endpoint),
         ("--http-port", options.http_endpoint),
@@ -482,7 +482,7 @@ def build_service(
     store: MessageStore | None = None
     bus: Callable[[Hub], Bus] | None = None
     if options.redis is not None:
-        from telemetry_service.redis_bus import RedisBus
+        from telemetry_service.bus.redis.bus import RedisBus
 
         address = options.redis
 

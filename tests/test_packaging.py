@@ -49,7 +49,7 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
     prefix = "telemetry_service/schemas/"
     assert {n.removeprefix(prefix) for n in names if n.startswith(prefix)} == shipped
     for page_file in ("index.html", "app.js", "app.css", "vendor/cytoscape-3.35.0.min.js"):
-        assert f"telemetry_service/web/{page_file}" in names
+        assert f"telemetry_service/http/static/{page_file}" in names
 
     venv = tmp_path / "venv"
     bin_dir = venv / "bin"

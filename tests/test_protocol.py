@@ -23,7 +23,7 @@ from telemetry_service.config import Settings
 from telemetry_service.hub import Hub, Role
 from telemetry_service.internals import PUBLIC_ONLY, FastPaths
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.websocket import (
+from telemetry_service.transport.websocket import (
     TelemetryServerFactory,
     TelemetryServerProtocol,
     prepared_fanout,
@@ -347,7 +347,7 @@ def test_oversize_frame_closes_with_1009(made: Any) -> None:
 def test_own_framing_matches_autobahns(size: int) -> None:
     from autobahn.websocket.protocol import PreparedMessage
 
-    from telemetry_service.websocket import text_frame
+    from telemetry_service.transport.websocket import text_frame
 
     payload = b"p" * size
     assert text_frame(payload) == PreparedMessage(payload, False, False, True).payloadHybi
@@ -410,7 +410,7 @@ class FakeTCP:
 
 
 def batched_peer(transport: FakeTCP) -> tuple[Any, Clock]:
-    from telemetry_service.websocket import WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.websocket import WebSocketPeer, WriteBatcher
 
     class Protocol:
         state = 3  # WebSocketProtocol.STATE_OPEN
@@ -516,7 +516,7 @@ class RecordingProtocol:
 
 
 def budget_peers(count: int, limit: int = 1 << 20, total: int = 1 << 30) -> tuple[list[Any], Any]:
-    from telemetry_service.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
 
     clock = Clock()
     batcher = WriteBatcher(clock)
@@ -650,7 +650,7 @@ def test_the_global_budget_cuts_the_biggest_queues_first(tcp_like: None) -> None
 def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
     tcp_like: None, monkeypatch: Any
 ) -> None:
-    from telemetry_service.websocket import WebSocketPeer
+    from telemetry_service.transport.websocket import WebSocketPeer
 
     peers, (clock, _) = budget_peers(3)
     write_pending = WebSocketPeer.write_pending
@@ -675,7 +675,7 @@ def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
 def test_a_failure_in_the_fanout_closes_that_peer_and_no_other(
     tcp_like: None, monkeypatch: Any
 ) -> None:
-    from telemetry_service.websocket import WebSocketPeer
+    from telemetry_service.transport.websocket import WebSocketPeer
 
     peers, (clock, _) = budget_peers(3)
     send_frame = WebSocketPeer.send_frame
@@ -714,7 +714,7 @@ def test_connections_over_the_per_address_limit_are_refused_at_the_handshake(
 
 def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> None:
     """Within one epoch a seq names one message: a frame leaves only once it is stored."""
-    from telemetry_service.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
 
     events: list[str] = []
 

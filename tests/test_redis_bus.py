@@ -14,8 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from telemetry_service.redis_bus import REPLY_TIMEOUT, RedisAddress, RedisBus
-from telemetry_service.store import StoredMessage
+from telemetry_service.bus.redis.bus import REPLY_TIMEOUT, RedisAddress, RedisBus
+from telemetry_service.history.memory import StoredMessage
 
 from . import examples as ex
 from .services import RedisServer
@@ -258,7 +258,7 @@ async def test_redis_that_lost_its_last_writes_gets_a_new_epoch(redis: RedisServ
 def test_the_lean_protocol_writes_what_txredisapi_writes(command: tuple[Any, ...]) -> None:
     import txredisapi
 
-    from telemetry_service.redis_bus import _Protocol
+    from telemetry_service.bus.redis.bus import _Protocol
 
     assert _Protocol()._build_command(*command) == txredisapi.BaseRedisProtocol()._build_command(
         *command
@@ -267,7 +267,7 @@ def test_the_lean_protocol_writes_what_txredisapi_writes(command: tuple[Any, ...
 
 def test_the_lean_protocol_hands_replies_over_unchanged() -> None:
     """A stream read comes back as Redis sent it: bytes stay bytes, numbers stay text."""
-    from telemetry_service.redis_bus import _Protocol
+    from telemetry_service.bus.redis.bus import _Protocol
 
     protocol = _Protocol()
     replies: list[Any] = []

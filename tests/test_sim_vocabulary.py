@@ -18,7 +18,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, readBody
 
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.sim import (
+from telemetry_service.tools.sim.cli import (
     BALANCE_EVERY,
     DEFAULT_SETTLEMENT_THRESHOLD,
     RECENT_FACTS,

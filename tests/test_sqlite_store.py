@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from telemetry_service.errors import ConfigurationError
-from telemetry_service.sqlite_store import ABSORB_EVERY, FILENAME, SqliteStore
-from telemetry_service.store import StoredMessage
+from telemetry_service.history.memory import StoredMessage
+from telemetry_service.history.sqlite import ABSORB_EVERY, FILENAME, SqliteStore
 
 BOOT = "boot-1"
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from telemetry_service.store import MemoryStore, StoredMessage
+from telemetry_service.history.memory import MemoryStore, StoredMessage
 
 
 def message(

@@ -17,8 +17,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.sim import Simulation, Topology
-from telemetry_service.tail import format_line, hello, parse, summary
+from telemetry_service.tools.sim.cli import Simulation, Topology
+from telemetry_service.tools.tail import format_line, hello, parse, summary
 
 from . import examples as ex
 from .process import HubProcess
@@ -271,7 +271,7 @@ def test_the_simulator_sends_node_status_once_not_again_after_a_reconnect() -> N
     from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from telemetry_service.sim import SimulatedConnector
+    from telemetry_service.tools.sim.cli import SimulatedConnector
 
     class Connection:
         state = WebSocketClientProtocol.STATE_OPEN
@@ -306,7 +306,7 @@ def test_the_simulator_drops_what_a_closing_connection_cannot_send_and_never_rai
     from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from telemetry_service.sim import BACKOFF_SECONDS, SimulatedConnector
+    from telemetry_service.tools.sim.cli import BACKOFF_SECONDS, SimulatedConnector
 
     class Connection:
         state = WebSocketClientProtocol.STATE_OPEN

@@ -14,7 +14,7 @@ from typing import Any
 
 from telemetry_service.errors import Rejection
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
-from telemetry_service.validate import parse, run
+from telemetry_service.tools.validate import parse, run
 
 from . import examples as ex
 from .test_schemas import BAD, GOOD

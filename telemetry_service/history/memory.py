@@ -4,7 +4,7 @@ dashboard that reconnects can be sent exactly what it missed; and what a durable
 keeps for the replay cache.
 
 The hub talks to its store through the narrow L{MessageStore} interface, so that a durable
-(L{telemetry_service.sqlite_store}) or shared store can stand in for the in-memory one.
+(L{telemetry_service.history.sqlite}) or shared store can stand in for the in-memory one.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from telemetry_service.codec import encode
-from telemetry_service.store import MessageStore, StoredMessage
+from telemetry_service.history.memory import MessageStore, StoredMessage
 
 #: what the bus gives back: the message as stored, and its parsed form when the bus still
 #: has it (from another hub, only the bytes)

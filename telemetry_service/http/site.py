@@ -35,7 +35,7 @@ from telemetry_service.hub import Hub
 from telemetry_service.ratelimit import TokenBucket
 from telemetry_service.settlement import SettlementState
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "static"
 
 #: a request's line, headers and body must all arrive within this many seconds
 REQUEST_SECONDS = 10.0

@@ -68,7 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from telemetry_service.errors import ConfigurationError
-from telemetry_service.store import MemoryStore, StoredMessage, new_epoch
+from telemetry_service.history.memory import MemoryStore, StoredMessage, new_epoch
 
 PREFIX = "telemetry-hub:"
 NODE_STATUS = "NODE_STATUS"

@@ -32,7 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from telemetry_service.config import Settings
 from telemetry_service.errors import GOING_AWAY, ConfigurationError
-from telemetry_service.websocket import TelemetryServerFactory
+from telemetry_service.transport.websocket import TelemetryServerFactory
 
 #: the names of the hub's two sockets, as systemd's FileDescriptorName gives them
 WEBSOCKET = "websocket"

@@ -47,8 +47,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from telemetry_service.errors import ConfigurationError
-from telemetry_service.hub import PLACEHOLDER_NODE_ID
-from telemetry_service.store import MemoryStore, StoredMessage, new_epoch
+from telemetry_service.history.memory import MemoryStore, StoredMessage, new_epoch
+from telemetry_service.vocabulary import message_node
 
 #: the layout of the files; a database of another version is migrated, or set aside
 FORMAT = 2
@@ -123,14 +123,10 @@ def decode_chunk(first_seq: int, data: bytes) -> list[StoredMessage]:
 
 def _type_and_node(payload: bytes) -> tuple[str, str | None]:
     """
-    A message's type, and the node it counts as (for filters): its nodeId, or the
-    C{sourceNodeId} the hub adds where a connector's event names none of its own.
+    A message's type, and the node it counts as (for filters).
     """
     message = orjson.loads(payload)
-    node = message.get("nodeId")
-    if not isinstance(node, str) or node == PLACEHOLDER_NODE_ID:
-        node = message.get("sourceNodeId")
-    return str(message.get("type")), node if isinstance(node, str) else None
+    return str(message.get("type")), message_node(message)
 
 
 # -- the journal: records, each with its length and checksum
