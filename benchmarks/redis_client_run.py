@@ -17,7 +17,7 @@ if client != "txredisapi":  # before anything imports the default reactor
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
-from telemetry_service.bus.redis.bus import SCRIPTS
+from telemetry_service.bus.redis.scripts import SCRIPTS
 
 BATCH = 100
 P = b"bench:"

@@ -1,7 +1,8 @@
 """
 Every use of a library's private attributes, in one place, checked once.
 
-Two fast paths depend on internals that a release of Autobahn or Twisted may rename:
+Three fast paths depend on internals that a release of Autobahn, Twisted or txredisapi may
+rename:
 
 - B{frames}: whole simple data frames are parsed straight from Autobahn's receive buffer
   (C{data}, C{current_frame}, C{inside_message}, C{_fail_connection},
@@ -9,12 +10,17 @@ Two fast paths depend on internals that a release of Autobahn or Twisted may ren
   path, which costs several times the rest of the hub per message;
 - B{writes}: a reactor pass's frames are written straight to the socket when Twisted's
   buffer is empty (C{_tempDataBuffer}, C{dataBuffer}, C{connected}, C{_writeDisconnected},
-  C{writeSomeData}, C{TLS} of C{twisted.internet.tcp.Connection}).
+  C{writeSomeData}, C{TLS} of C{twisted.internet.tcp.Connection});
+- B{Redis commands} (with C{--redis}): the Redis bus's commands are built with one C{join}
+  rather than txredisapi's several copies, by overriding C{_build_command} of its protocol
+  (and calling its C{_encode_value} for what is not bytes).
 
 L{check} looks for each of them, with the shape the code expects, on real objects (a
 protocol taken through a handshake, a TCP transport over a socket pair). Whatever is missing
 is named in one warning, and that path falls back to the public one (Autobahn's own
 C{processData}, Twisted's C{transport.write}), which is fully correct, only slower.
+L{lean_redis_commands} does the same for txredisapi, when the Redis bus is imported (only
+with C{--redis}); its public fallback is txredisapi's own command builder.
 """
 
 from __future__ import annotations
@@ -32,6 +38,17 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 
 from telemetry_service.errors import INVALID_PAYLOAD
+
+#: every private name of another library this module uses; no other module may name one
+#: (tests/test_layout.py holds the package to it)
+FOREIGN_PRIVATE_NAMES = (
+    "_fail_connection",
+    "_cancelAutoPingTimeoutCall",
+    "_tempDataBuffer",
+    "_writeDisconnected",
+    "_build_command",
+    "_encode_value",
+)
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -222,3 +239,62 @@ def write_around_buffer(transport: Any, data: bytes) -> None:
         transport.write(data)
     elif sent < len(data):
         transport.write(data[sent:])
+
+
+# -- txredisapi (imported only with --redis: these are given its classes, never import it)
+
+
+def lean_redis_commands(protocol: type[Any]) -> tuple[str, ...]:
+    """
+    Have C{protocol}, a subclass of txredisapi's C{BaseRedisProtocol}, build its commands
+    with L{_build_redis_command} if this txredisapi builds them as that expects; otherwise
+    leave txredisapi's own builder, which is correct, only slower.
+
+    @return: what was missing, or not of the expected shape, by name (empty: the lean
+        builder is in place).
+    """
+    missing = _check_txredisapi(protocol)
+    if not missing:
+        protocol._build_command = _build_redis_command
+    return tuple(missing)
+
+
+def _check_txredisapi(protocol: type[Any]) -> list[str]:
+    missing = [
+        f"txredisapi {protocol.__name__}.{name}()"
+        for name in ("_build_command", "_encode_value", "execute_command")
+        if not callable(getattr(protocol, name, None))
+    ]
+    if missing:
+        return missing
+    try:
+        probe = protocol()
+        for value in ("\u00e9", 5):
+            if probe._encode_value(value) != str(value).encode():
+                missing.append(f"txredisapi _encode_value() (of {value!r})")
+        sample = (b"EVALSHA", "x", 70000, b"\r\n\x00")
+        if _build_redis_command(probe, *sample) != probe._build_command(*sample):
+            missing.append("txredisapi _build_command() (another wire format)")
+        # an override that execute_command() does not call would be dead code
+        probe.transport = StringTransport()
+        probe.connected = 1
+        probe._build_command = lambda *args, **kwargs: b"probe"
+        probe.execute_command(b"PING")
+        if probe.transport.value() != b"probe":
+            missing.append("txredisapi execute_command() building through _build_command()")
+    except Exception as e:  # any surprise means the probe cannot vouch for the internals
+        missing.append(f"txredisapi: the probe failed ({e!r})")
+    return missing
+
+
+def _build_redis_command(protocol: Any, *args: Any, **kwargs: Any) -> bytes:
+    """
+    A command in Redis's wire format, as txredisapi's C{_build_command} writes it, in one
+    C{join}. The bus passes bytes, which need neither encoding nor a copy.
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if not isinstance(arg, bytes):
+            arg = protocol._encode_value(arg)
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)

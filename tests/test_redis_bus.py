@@ -6,6 +6,7 @@ apply it), and a Redis that loses its data while the hub is connected.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from telemetry_service.bus.redis.bus import REPLY_TIMEOUT, RedisAddress, RedisBus
+from telemetry_service.bus.redis.address import RedisAddress
+from telemetry_service.bus.redis.bus import RedisBus
+from telemetry_service.bus.redis.client import REPLY_TIMEOUT
 from telemetry_service.history.memory import StoredMessage
+from telemetry_service.vocabulary import presence_event
 
 from . import examples as ex
 from .services import RedisServer
@@ -258,7 +262,7 @@ async def test_redis_that_lost_its_last_writes_gets_a_new_epoch(redis: RedisServ
 def test_the_lean_protocol_writes_what_txredisapi_writes(command: tuple[Any, ...]) -> None:
     import txredisapi
 
-    from telemetry_service.bus.redis.bus import _Protocol
+    from telemetry_service.bus.redis.client import _Protocol
 
     assert _Protocol()._build_command(*command) == txredisapi.BaseRedisProtocol()._build_command(
         *command
@@ -267,7 +271,7 @@ def test_the_lean_protocol_writes_what_txredisapi_writes(command: tuple[Any, ...
 
 def test_the_lean_protocol_hands_replies_over_unchanged() -> None:
     """A stream read comes back as Redis sent it: bytes stay bytes, numbers stay text."""
-    from telemetry_service.bus.redis.bus import _Protocol
+    from telemetry_service.bus.redis.client import _Protocol
 
     protocol = _Protocol()
     replies: list[Any] = []
@@ -480,3 +484,115 @@ async def test_a_new_history_read_before_the_hub_noticed_is_not_taken_for_the_ol
         await a.close()
         if b is not None:
             await b.close()
+
+
+#: the SHA-1 by which Redis knows each script: the text sent to Redis is exactly what it was
+#: when the scripts were Python strings
+SCRIPT_SHA1 = {
+    "goodbye": "7ba52c79a5f5cf33c603782ea1b0080d8a785cad",
+    "heartbeat": "129676a56e91391e4cf1bc185b49f3f6944776d2",
+    "init": "19574e5c4a12c50bff7c2982ceff4db0a0df6cec",
+    "load": "7630e0a4a40f1e73eaf64d0d2d7fd9e5d19b2d50",
+    "submit": "bf0bae6f7ec5ef016c88d9f5f1801ad59bd7705a",
+    "sync": "46eb1f832c4c969996d5919f9ff3951597847123",
+}
+
+
+def test_the_scripts_read_from_their_files_are_the_text_redis_knows() -> None:
+    from telemetry_service.bus.redis.scripts import SCRIPTS
+
+    assert {
+        name: hashlib.sha1(source.encode()).hexdigest() for name, source in SCRIPTS.items()
+    } == SCRIPT_SHA1
+
+
+class StoppedClock:
+    """The reactor's timers, and a time that stays where it is set."""
+
+    def __init__(self, seconds: float) -> None:
+        self.now = seconds
+
+    def seconds(self) -> float:
+        return self.now
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return reactor.callLater(delay, f, *args, **kwargs)
+
+    def getDelayedCalls(self) -> Any:
+        return reactor.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_scripts_write_node_presence_as_the_hub_builds_it(redis: RedisServer) -> None:
+    """
+    The scripts build NODE_PRESENCE by concatenation; whichever writes it (the submit of a
+    join or a leave, a sync after connecting, a goodbye), its bytes are the hub's own event
+    with its seq, for a nodeId that JSON escapes too.
+    """
+    first, second = 'connector "\u00e4"\\a', "connector-b"
+    at = 1_796_000_000.25  # the time of the bus that joins and leaves
+    watcher = DeliveredHere()
+    watching = await started(redis, watcher)
+    try:
+        bus = RedisBus(
+            DeliveredHere(),
+            RedisAddress.parse(redis.url),
+            StoppedClock(at),  # type: ignore[arg-type]
+            reactor,
+            history_messages=1000,
+            history_bytes=1 << 20,
+            max_nodes=100,
+            buffer_bytes=1 << 20,
+        )
+        # before the bus is connected: the sync says it, at the bus's time
+        bus.node_joined(first, presence_event(first, True, at - 60))
+        bus.start()
+        try:
+            await until(lambda: bus.degraded is None, what="connected")
+            bus.node_joined(second, presence_event(second, True, at + 1.5))
+            bus.node_left(second, presence_event(second, False, at + 2.75))
+            await until(lambda: len(watcher.presence()) == 3, what="sync, join, leave")
+        finally:
+            await bus.close()  # the goodbye takes the first node offline, at the bus's time
+        await until(lambda: len(watcher.presence()) == 4, what="goodbye")
+        expected = [(first, True, at), (second, True, at + 1.5), (second, False, at + 2.75)]
+        expected.append((first, False, at))
+        written = [m for m in watcher.delivered if m.type == "NODE_PRESENCE"]
+        assert [m.payload for m in written] == [
+            orjson.dumps({**presence_event(node, online, seconds), "seq": m.seq})
+            for (node, online, seconds), m in zip(expected, written, strict=True)
+        ]
+        assert [m.node_id for m in written] == [first, second, second, first]
+    finally:
+        await watching.close()
+
+
+def test_the_lean_command_builder_is_in_use() -> None:
+    from telemetry_service.bus.redis.client import LEAN_COMMANDS_MISSING, _Protocol
+    from telemetry_service.internals import _build_redis_command
+
+    assert LEAN_COMMANDS_MISSING == ()
+    assert _Protocol._build_command is _build_redis_command
+
+
+def test_a_txredisapi_without_what_the_lean_builder_uses_keeps_its_own(monkeypatch: Any) -> None:
+    import txredisapi
+
+    from telemetry_service.internals import lean_redis_commands
+
+    class BuildsElsewhere(txredisapi.RedisProtocol):  # type: ignore[misc]
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            self.transport.write(b"built another way")
+
+    assert lean_redis_commands(BuildsElsewhere) == (
+        "txredisapi execute_command() building through _build_command()",
+    )
+    assert BuildsElsewhere._build_command is txredisapi.BaseRedisProtocol._build_command
+
+    monkeypatch.delattr(txredisapi.BaseRedisProtocol, "_encode_value")
+
+    class Older(txredisapi.RedisProtocol):  # type: ignore[misc]
+        pass
+
+    assert lean_redis_commands(Older) == ("txredisapi Older._encode_value()",)
+    assert Older._build_command is txredisapi.BaseRedisProtocol._build_command
