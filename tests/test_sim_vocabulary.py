@@ -18,15 +18,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, readBody
 
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.tools.sim.cli import (
-    BALANCE_EVERY,
-    DEFAULT_SETTLEMENT_THRESHOLD,
-    RECENT_FACTS,
-    TOKEN,
-    Simulation,
-    Topology,
-    parse,
-)
+from telemetry_service.tools.sim.chatter import RECENT_FACTS
+from telemetry_service.tools.sim.cli import parse
+from telemetry_service.tools.sim.ledger import BALANCE_EVERY, DEFAULT_SETTLEMENT_THRESHOLD, TOKEN
+from telemetry_service.tools.sim.simulation import Simulation
+from telemetry_service.tools.sim.topology import Topology
 
 from .wsclient import RunningHub
 

@@ -1,24 +1,36 @@
 """
 The connector simulator and the tail command: what they send and print, checked against
-the real clients' shapes and a real hub.
+the real clients' shapes and a real hub; and the WebSocket client side they share, over
+TCP and TLS.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.tools.sim.cli import Simulation, Topology
+from telemetry_service.tools.sim.simulation import Simulation
+from telemetry_service.tools.sim.topology import Topology
 from telemetry_service.tools.tail import format_line, hello, parse, summary
+from telemetry_service.tools.wsclient import (
+    HubURL,
+    NoDelayClientProtocol,
+    UnsupportedURLError,
+    bearer,
+)
 
 from . import examples as ex
 from .process import HubProcess
@@ -172,6 +184,124 @@ def test_tail_asks_the_hub_to_filter() -> None:
     assert hello(parse([])) == {"type": "CLIENT_CONNECT", "hubEvents": ["NODE_PRESENCE"]}
 
 
+# -- the tools' WebSocket client
+
+
+def test_ws_and_wss_urls_name_the_host_and_port_with_the_default_ports() -> None:
+    for url, secure, host, port in [
+        ("ws://hub.example/", False, "hub.example", 80),
+        ("ws://hub.example:9000/path?x=1", False, "hub.example", 9000),
+        ("wss://Hub.Example/", True, "hub.example", 443),
+        ("wss://hub.example:8443/", True, "hub.example", 8443),
+        ("ws://[::1]:9000/", False, "::1", 9000),
+    ]:
+        assert HubURL.parse(url) == HubURL(url, secure, host, port)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hub.example/",
+        "hub.example:9000",
+        "ws:///",
+        "ws://hub.example:0/",
+        "ws://hub.example:port/",
+        "ws://hub.example/#fragment",
+        "ws://unix:/run/hub.sock",
+    ],
+)
+def test_a_url_that_is_neither_ws_nor_wss_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(UnsupportedURLError) as refused:
+        HubURL.parse(url)
+    message = str(refused.value)
+    assert repr(url) in message and "expected ws://" in message and "\n" not in message
+
+
+class _TCPTransport(StringTransport):
+    """A TCP connection in memory: what is written, and whether Nagle was turned off."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+def _connect_in_memory(url: str, token: str | None = None) -> tuple[str, int, _TCPTransport]:
+    """Where the URL's endpoint connects, and what the tools' client first sends there."""
+    reactor = MemoryReactorClock()
+    hub = HubURL.parse(url)
+    hub.endpoint(reactor).connect(hub.factory(NoDelayClientProtocol, token))
+    reactor.advance(0)
+    host, port, factory, _, _ = reactor.tcpClients[-1]
+    transport = _TCPTransport()
+    factory.buildProtocol(None).makeConnection(transport)
+    return host, port, transport
+
+
+def test_a_ws_url_is_plain_tcp_to_its_host_and_port_with_the_token_as_bearer() -> None:
+    host, port, transport = _connect_in_memory("ws://hub.example:9000/live", "s3cret")
+    assert (host, port) == ("hub.example", 9000)
+    handshake = transport.value()
+    assert handshake.startswith(b"GET /live HTTP/1.1\r\n")
+    assert b"\r\nHost: hub.example:9000\r\n" in handshake
+    assert b"\r\nAuthorization: Bearer s3cret\r\n" in handshake
+    assert transport.no_delay
+    assert bearer("s3cret") == {"Authorization": "Bearer s3cret"}
+    assert bearer(None) is None and bearer("") is None
+    _, _, anonymous = _connect_in_memory("ws://hub.example:9000/live")
+    assert b"Authorization" not in anonymous.value()
+
+
+def test_a_wss_url_is_tls_naming_its_host_to_the_server() -> None:
+    # the in-memory reactor resolves every name to 127.0.0.1: the host shows in the TLS
+    # ClientHello's server name, which names the certificate the client will accept
+    _, port, transport = _connect_in_memory("wss://hub.example:8443/live", "s3cret")
+    assert port == 8443
+    hello = transport.value()
+    assert hello[:1] == b"\x16"  # a TLS handshake record, not an HTTP request
+    assert b"hub.example" in hello
+    assert b"GET" not in hello and b"s3cret" not in hello
+    assert transport.no_delay  # passed down through the TLS layer
+    assert HubURL.parse("wss://hub.example/").port == 443
+
+
+def _certificate(folder: Path, host: str) -> tuple[Path, Path]:
+    """
+    A self-signed certificate for C{host}, named in its subjectAltName (which TLS clients
+    check, not the common name), and its key.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = folder / "key.pem", folder / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
 # -- against a real hub
 
 
@@ -271,7 +401,7 @@ def test_the_simulator_sends_node_status_once_not_again_after_a_reconnect() -> N
     from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from telemetry_service.tools.sim.cli import SimulatedConnector
+    from telemetry_service.tools.sim.connector import SimulatedConnector
 
     class Connection:
         state = WebSocketClientProtocol.STATE_OPEN
@@ -306,7 +436,7 @@ def test_the_simulator_drops_what_a_closing_connection_cannot_send_and_never_rai
     from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from telemetry_service.tools.sim.cli import BACKOFF_SECONDS, SimulatedConnector
+    from telemetry_service.tools.sim.connector import BACKOFF_SECONDS, SimulatedConnector
 
     class Connection:
         state = WebSocketClientProtocol.STATE_OPEN
@@ -354,3 +484,87 @@ def test_tail_says_when_it_cannot_connect() -> None:
     )
     assert result.returncode != 0
     assert "cannot connect" in result.stderr
+
+
+def test_both_tools_speak_tls_to_a_wss_url_and_check_the_certificate_for_its_host(
+    tmp_path: Path,
+) -> None:
+    key, cert = _certificate(tmp_path, "localhost")
+    hub = HubProcess(port=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    try:
+        port = hub.wait_listening()
+        url = f"wss://localhost:{port}/"
+        untrusting = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT_")}
+        # OpenSSL's trusted authorities, where the tools look for them: this certificate
+        trusting = {**untrusting, "SSL_CERT_FILE": str(cert)}
+        tail = subprocess.Popen(
+            [
+                tool("telemetry-tail"),
+                "--url",
+                url,
+                "--json",
+                "--count",
+                "5",
+                "--type",
+                "PACKET_RECEIVED",
+            ],
+            env=trusting,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        hub.wait_for(lambda r: "Dashboard client connected" in r.get("message", ""))
+        sim = subprocess.run(
+            [
+                tool("telemetry-sim"),
+                "--url",
+                url,
+                "--nodes",
+                "2",
+                "--rate",
+                "20",
+                "--duration",
+                "1",
+                "--measure",
+                "--report-every",
+                "0",
+            ],
+            env=trusting,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sim.returncode == 0, sim.stderr
+        report = json.loads(sim.stdout.strip().splitlines()[-1])
+        assert report["dropped_while_disconnected"] == 0 and report["reconnects"] == 0
+        assert report["latency"]["messages"] > 0
+        out, err = tail.communicate(timeout=30)
+        assert tail.returncode == 0, err
+        assert [json.loads(line)["type"] for line in out.splitlines()] == ["PACKET_RECEIVED"] * 5
+        # the certificate is checked: for the URL's host, and against the trusted authorities
+        for address, env in ((f"wss://127.0.0.1:{port}/", trusting), (url, untrusting)):
+            refused = subprocess.run(
+                [tool("telemetry-tail"), "--url", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert refused.returncode != 0
+            assert refused.stderr.startswith(f"telemetry-tail: cannot connect to {address}: ")
+            assert refused.stderr.count("\n") == 1, refused.stderr
+    finally:
+        hub.stop()
+
+
+def test_the_tools_refuse_a_url_that_is_not_a_websocket_url_in_one_line() -> None:
+    for name in ("telemetry-tail", "telemetry-sim"):
+        result = subprocess.run(
+            [tool(name), "--url", "http://127.0.0.1:1/"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0
+        assert result.stderr.startswith(f"{name}: not a WebSocket URL: 'http://127.0.0.1:1/'")
+        assert result.stderr.count("\n") == 1, result.stderr

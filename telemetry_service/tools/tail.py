@@ -13,12 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import IO, Any, cast
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, task
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from telemetry_service.tools.wsclient import HubURL, NoDelayClientProtocol, UnsupportedURLError
 
 _COLOURS = {
     "NODE_STATUS": "36",  # cyan
@@ -74,17 +76,38 @@ def format_line(message: dict[str, Any], colour: bool) -> str:
     return f"{stamp} {number:>8} {head} {node:<16} {summary(message)}"
 
 
-class _TailProtocol(WebSocketClientProtocol):
+class _TailProtocol(NoDelayClientProtocol):
+    """
+    Sends the hello once open, hands every message to the printer, and fires its factory's
+    C{closed} with the line that says how the connection ended.
+    """
+
+    _opened = False
+    #: why a connection that never opened failed, as Twisted tells it
+    _failed: str | None = None
+
     def onOpen(self) -> None:
+        self._opened = True
         self.sendMessage(json.dumps(self.factory.hello).encode())
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.printer(payload)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Autobahn reports a connection that failed before its WebSocket opened (a hub's TLS
+        # certificate refused, say) as a mere 1006 "peer dropped": Twisted's reason says why
+        if not self._opened and not reason.check(ConnectionDone):
+            self._failed = reason.getErrorMessage()
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        closed: defer.Deferred[Any] = self.factory.closed
-        if not closed.called:
-            closed.callback((code, reason))
+        closed: defer.Deferred[str] = self.factory.closed
+        if closed.called:
+            return
+        if self._failed is not None:
+            closed.callback(f"cannot connect to {self.factory.url}: {self._failed}")
+        else:
+            closed.callback(f"the hub closed the connection ({code}: {reason})")
 
 
 class Printer:
@@ -153,32 +176,38 @@ def hello(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """
+    C{telemetry-tail}: print the hub's events until C{--count} of them or the hub closes.
+
+    @raise SystemExit: with one line, when the URL is not a WebSocket URL, the hub cannot
+        be reached, or it closes the connection.
+    """
     args = parse(sys.argv[1:] if argv is None else argv)
-    task.react(_run, (args,))
+    try:
+        hub = HubURL.parse(args.url)
+    except UnsupportedURLError as e:
+        raise SystemExit(f"telemetry-tail: {e}") from None
+    task.react(_run, (args, hub))
 
 
-async def _run(reactor: Any, args: argparse.Namespace) -> None:
+async def _run(reactor: Any, args: argparse.Namespace, hub: HubURL) -> None:
     printer = Printer(sys.stdout, args.json, sys.stdout.isatty() and not args.json, args.count)
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    factory = WebSocketClientFactory(args.url, headers=headers)
-    factory.protocol = _TailProtocol
+    factory = hub.factory(_TailProtocol, args.token)
     factory.hello = hello(args)  # type: ignore[attr-defined]
     factory.printer = printer  # type: ignore[attr-defined]
-    factory.closed = defer.Deferred()  # type: ignore[attr-defined]
-    parts = urlsplit(args.url)
-    endpoint = clientFromString(reactor, f"tcp:{parts.hostname}:{parts.port or 80}")
+    closed: defer.Deferred[str] = defer.Deferred()
+    factory.closed = closed  # type: ignore[attr-defined]
     try:
-        protocol = await endpoint.connect(factory)
+        protocol = cast(_TailProtocol, await hub.endpoint(reactor).connect(factory))
     except Exception as e:
         raise SystemExit(f"telemetry-tail: cannot connect to {args.url}: {e}") from None
-    closed: defer.Deferred[Any] = factory.closed  # type: ignore[attr-defined]
-    result, which = await defer.DeferredList([printer.done, closed], fireOnOneCallback=True)
+    ends: list[defer.Deferred[Any]] = [printer.done, closed]
+    result, which = await defer.DeferredList(ends, fireOnOneCallback=True)
     if which == 0:
         protocol.sendClose(1000)
         await closed
         return
-    code, reason = result
-    raise SystemExit(f"telemetry-tail: the hub closed the connection ({code}: {reason})")
+    raise SystemExit(f"telemetry-tail: {result}")
 
 
 if __name__ == "__main__":
