@@ -11,18 +11,16 @@ The token file holds one token per line, as a hash, never the token itself::
 
 A connector token may publish only for the nodeIds its patterns match (C{*} and C{?}
 wildcards); a viewer token may only read. C{telemetry-token} makes a token and prints its
-line. Tokens are compared by their hash, in constant time over the whole file.
+line (L{telemetry_service.tools.token}). Tokens are compared by their hash, in constant time
+over the whole file.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import hashlib
 import hmac
 import re
-import secrets
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from telemetry_service.errors import ConfigurationError
 
 CONNECTOR = "connector"
 VIEWER = "viewer"
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HASH = re.compile(r"^(sha256:)?([0-9a-f]{64})$")
 
 
@@ -92,6 +90,19 @@ class Access:
                 found = grant
         return found
 
+    def may_read(self, grant: Grant | None) -> bool:
+        """
+        Whether a connection that presented C{grant} (None: no token) may be sent telemetry.
+        """
+        return not self.reading_needs_a_token if grant is None else grant.role == VIEWER
+
+    def may_publish(self, grant: Grant | None) -> bool:
+        """
+        Whether a connection that presented C{grant} (None: no token) may send telemetry
+        (for some node: see L{Grant.may_publish_for}).
+        """
+        return not self.publishing_needs_a_token if grant is None else grant.role == CONNECTOR
+
     def still_valid(self, grant: Grant) -> bool:
         return any(
             g.digest == grant.digest and g.role == grant.role and g.patterns == grant.patterns
@@ -109,6 +120,21 @@ class Access:
         if origin in own_origins:
             return True
         return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.origins)
+
+
+def presented_token(authorization: str | None, query: Sequence[str] | None) -> str | None:
+    """
+    The token a request presents: C{Authorization: Bearer TOKEN}, else (for clients that
+    cannot set headers: browsers) C{?token=TOKEN}; None if neither.
+
+    @param authorization: the Authorization header, if any.
+    @param query: the values of the C{token} query parameter, if any.
+    """
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+        if token:
+            return token
+    return query[0] if query else None
 
 
 def parse_origins(text: str) -> tuple[str, ...]:
@@ -143,7 +169,7 @@ def load_tokens(path: Path) -> tuple[Grant, ...]:
         role, name, digest, *rest = fields
         if role not in (CONNECTOR, VIEWER):
             raise ConfigurationError(f"{where}: role must be connector or viewer, not {role!r}")
-        if not _NAME.match(name):
+        if not NAME.match(name):
             raise ConfigurationError(f"{where}: name {name!r} must be 1-64 of A-Z a-z 0-9 . _ -")
         matched = _HASH.match(digest.lower())
         if matched is None:
@@ -172,37 +198,3 @@ def token_line(role: str, name: str, token: str, node_ids: Sequence[str]) -> str
     if role == CONNECTOR:
         line += f"  {','.join(node_ids)}"
     return line
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """
-    C{telemetry-token}: make a new token and print the line that grants it.
-    """
-    parser = argparse.ArgumentParser(
-        prog="telemetry-token",
-        description="Make a token for the hub's token file (--tokens): the token is printed "
-        "once, on standard error; the line to add to the file on standard output.",
-    )
-    parser.add_argument("role", choices=(CONNECTOR, VIEWER))
-    parser.add_argument(
-        "node_ids",
-        nargs="*",
-        metavar="NODE_ID",
-        help="for a connector: the nodeIds it may publish for (wildcards * and ?)",
-    )
-    parser.add_argument("--name", help="a label for the log (default: the first nodeId)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.role == CONNECTOR and not args.node_ids:
-        parser.error("a connector token needs the nodeIds it may publish for")
-    if args.role == VIEWER and args.node_ids:
-        parser.error("a viewer token names no nodeIds")
-    name = args.name or (args.node_ids[0].replace("*", "all") if args.node_ids else "viewer")
-    if not _NAME.match(name):
-        parser.error(f"name {name!r} must be 1-64 of A-Z a-z 0-9 . _ - (use --name)")
-    token = secrets.token_urlsafe(32)
-    print(f"token (give it to the {args.role}; it is not kept anywhere): {token}", file=sys.stderr)
-    print(token_line(args.role, name, token, args.node_ids))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from telemetry_service.auth import Access, load_tokens, main, token_hash, token_line
+from telemetry_service.auth import Access, load_tokens, token_hash, token_line
+from telemetry_service.connections import Role
 from telemetry_service.errors import ConfigurationError
-from telemetry_service.hub import Hub, Role
+from telemetry_service.hub import Hub
+from telemetry_service.tools.token import main
 
 from . import examples as ex
 from .fakes import FakePeer

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from telemetry_service.hub import HistoryLostError, Hub
+from telemetry_service.connections import HistoryLostError
+from telemetry_service.hub import Hub
 from telemetry_service.schemas import SchemaCatalog
 
 from . import examples as ex

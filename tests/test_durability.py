@@ -66,13 +66,16 @@ def test_a_graceful_restart_keeps_epoch_seq_replay_and_resume(
     hub, url = start(hubs, state)
 
     async def before() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        async with websockets.connect(url) as a, websockets.connect(url) as b:
-            await a.send(json.dumps(ex.node_status("connector-a")))
-            await b.send(json.dumps(ex.node_status("connector-b")))
-            async with websockets.connect(url) as dashboard:
-                await dashboard.send(json.dumps({"type": "CLIENT_CONNECT", "resume": {}}))
-                hello = await recv(dashboard)
-                await drain(dashboard)  # the snapshot
+        async with websockets.connect(url) as dashboard:
+            await dashboard.send(json.dumps({"type": "CLIENT_CONNECT", "resume": {}}))
+            hello = await recv(dashboard)
+            async with websockets.connect(url) as a, websockets.connect(url) as b:
+                # b reports once a's report is in: the replay's order is the hub's order
+                # of first reports, and two connections' frames have no order of their own
+                await a.send(json.dumps(ex.node_status("connector-a")))
+                assert (await recv(dashboard))["nodeId"] == "connector-a"
+                await b.send(json.dumps(ex.node_status("connector-b")))
+                assert (await recv(dashboard))["nodeId"] == "connector-b"
                 for n in range(20):
                     await a.send(json.dumps(ex.packet_sent("connector-a", n)))
                 seen = [await recv(dashboard) for _ in range(20)]

@@ -11,8 +11,9 @@ from twisted.internet.task import Clock
 
 from telemetry_service.bus.base import LocalBus
 from telemetry_service.config import Settings
+from telemetry_service.connections import Role
 from telemetry_service.history.memory import MemoryStore
-from telemetry_service.hub import Hub, Role
+from telemetry_service.hub import Hub
 
 from . import examples as ex
 from .fakes import FakePeer, RecordingFanout, encode

@@ -12,11 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from telemetry_service.config import Settings
 from telemetry_service.errors import Rejection
+from telemetry_service.intake import Limits
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
-from telemetry_service.tools.validate import parse, run
+from telemetry_service.tools.validate import parse, run, verdicts
 
 from . import examples as ex
+from .fakes import FakePeer
 from .test_schemas import BAD, GOOD
 
 
@@ -83,3 +88,89 @@ def test_the_command_is_installed_and_exits_non_zero_on_a_refusal(tmp_path: Path
     )
     assert result.returncode == 1
     assert "refused SCHEMA_VIOLATION" in result.stdout
+
+
+def _deep(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+#: payloads at the edges of what a message may be, one per verdict the hub can give
+EDGES: list[tuple[str, bytes]] = [
+    ("accepted", json.dumps(ex.packet_sent()).encode()),
+    ("not JSON", b"{nope"),
+    ("not UTF-8", b'{"type": "\xff"}'),
+    ("an array", b"[1, 2]"),
+    ("a string", b'"text"'),
+    ("too deep", json.dumps({**ex.log_event(), "data": _deep(40)}).encode()),
+    ("no type", json.dumps({"nodeId": "connector-a"}).encode()),
+    ("unknown type", json.dumps({"type": "NOPE", "nodeId": "connector-a"}).encode()),
+    ("schema", json.dumps({**ex.node_status(), "data": {"health": "sick"}}).encode()),
+    ("batch not an array", json.dumps({"batch": "no"}).encode()),
+    ("batch too long", json.dumps({"batch": [ex.packet_sent()] * 1001}).encode()),
+    ("empty batch", json.dumps({"batch": []}).encode()),
+    (
+        "batch of each",
+        json.dumps(
+            {
+                "batch": [
+                    ex.packet_sent(),
+                    3,
+                    {"type": "NOPE"},
+                    {**ex.log_event("connector-b"), "pad": "x" * 70_000},
+                    ex.route_lookup(),
+                ]
+            }
+        ).encode(),
+    ),
+    ("lone and too big", json.dumps({**ex.log_event(), "pad": "x" * 70_000}).encode()),
+]
+
+
+def _hub_says(make_hub: Any, payload: bytes) -> list[tuple[str, int | None]]:
+    """Each event's verdict as a connector on its own connection sees it, by index."""
+    hub = make_hub()
+    peer = FakePeer()
+    hub.connection_opened(peer)
+    hub.message_received(peer, payload)
+    if peer.closed is not None:
+        return [(f"close {peer.closed[0]}", None)]
+    errors = [m for m in peer.messages if m.get("type") == "ERROR"]
+    whole = [(m["reason"], None) for m in errors if "index" not in m]
+    if whole:
+        return whole
+    try:
+        batch = json.loads(payload).get("batch")
+    except ValueError:
+        batch = None
+    if not isinstance(batch, list):
+        return [("accepted", None)] if hub.stats.accepted else []
+    refused = {m["index"]: m["reason"] for m in errors}
+    said = [(refused.get(index, "accepted"), index) for index in range(len(batch))]
+    assert hub.stats.accepted == sum(verdict == "accepted" for verdict, _ in said)
+    return said
+
+
+def _validate_says(catalog: SchemaCatalog, payload: bytes) -> list[tuple[str, int | None]]:
+    said = []
+    for verdict in verdicts(catalog, payload, Limits.of(Settings())):
+        if verdict.get("ok"):
+            said.append(("accepted", verdict.get("index")))
+        elif "close" in verdict:
+            said.append((f"close {verdict['close']}", None))
+        else:
+            said.append((verdict["reason"], verdict.get("index")))
+    return said
+
+
+@pytest.mark.parametrize(("what", "payload"), EDGES, ids=[what for what, _ in EDGES])
+def test_it_reads_a_payload_as_the_hub_does(
+    make_hub: Any, catalog: SchemaCatalog, what: str, payload: bytes
+) -> None:
+    """
+    The hub and telemetry-validate read a payload with one intake: the same verdict for
+    every event, the hub's close (1009) included.
+    """
+    assert _validate_says(catalog, payload) == _hub_says(make_hub, payload)

@@ -33,6 +33,11 @@ class Bus(Protocol):
     @property
     def store(self) -> MessageStore: ...
 
+    def start(self) -> None:
+        """
+        The hub is serving: begin the bus's own work (connecting to Redis, say).
+        """
+
     def submit(self, message: dict[str, Any], message_type: str, node_id: str | None) -> None:
         """
         Number C{message} (its C{seq} is set on it), keep it, and deliver it in order.
@@ -62,6 +67,13 @@ class Bus(Protocol):
     #: hub has not delivered yet, and will in a moment
     shared: bool
 
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the history that resumes are answered from is there yet (a shared bus loads
+        it from Redis once connected; a resume that comes before waits for it, briefly).
+        """
+
     def health(self) -> dict[str, Any]:
         """
         What C{/health} says of the bus.
@@ -80,6 +92,7 @@ class LocalBus:
 
     degraded: str | None = None
     shared = False
+    ready = True
 
     def __init__(self, store: MessageStore, deliver: Deliver) -> None:
         self._store = store
@@ -88,6 +101,9 @@ class LocalBus:
     @property
     def store(self) -> MessageStore:
         return self._store
+
+    def start(self) -> None:
+        pass
 
     def submit(self, message: dict[str, Any], message_type: str, node_id: str | None) -> None:
         store = self._store

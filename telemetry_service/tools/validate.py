@@ -2,8 +2,9 @@
 C{telemetry-validate SCHEMA_DIR [MESSAGE_FILE ...]}: check an edited schema folder, and
 sample messages against it, offline, before the hub is told to reload (SIGHUP).
 
-The folder is loaded exactly as the hub loads it, and each message is parsed and validated
-exactly as the hub does it, so the verdicts and the error text are the hub's own. A message
+The folder is loaded exactly as the hub loads it, and each message is read by the hub's own
+intake (JSON, depth, batches, sizes) and validated by its catalog, so the verdicts and the
+error text are the hub's own (with the default limits). A message
 file holds one JSON message, a C{{"batch": [...]}} as connectors send it, a JSON array of
 messages, or one message per line; C{-} reads standard input.
 
@@ -19,9 +20,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from telemetry_service.codec import decode
 from telemetry_service.config import Settings
-from telemetry_service.errors import ConfigurationError, Rejection
+from telemetry_service.errors import MESSAGE_TOO_BIG, ConfigurationError, Rejection
+from telemetry_service.intake import Limits, read
 from telemetry_service.schemas import SchemaCatalog
 
 
@@ -78,30 +79,31 @@ def _is_one_document(text: str) -> bool:
     return True
 
 
-def verdicts(catalog: SchemaCatalog, payload: bytes, max_depth: int) -> Iterator[dict[str, Any]]:
+def verdicts(catalog: SchemaCatalog, payload: bytes, limits: Limits) -> Iterator[dict[str, Any]]:
     """
-    What the hub says to one message (or to each event of a batch): C{{"ok": True, "type"}}
-    or the error frame the hub would send.
+    What the hub says to one message (or to each event of a batch), read with the hub's own
+    L{intake}: C{{"ok": True, "type"}}, the error frame the hub would send, or
+    C{{"close": 1009, "detail"}} where the hub would close the connection.
     """
-    try:
-        message = decode(payload, max_depth)
-    except Rejection as rejection:
-        yield rejection.to_frame()
+    intake = read(payload, limits)
+    if intake.refusal is not None:
+        yield intake.refusal.to_frame()
         return
-    batch = message.get("batch") if "type" not in message else None
-    events: list[Any] = batch if isinstance(batch, list) else [message]
-    for index, event in enumerate(events):
+    if intake.too_big is not None:
+        yield {"close": MESSAGE_TOO_BIG, "detail": intake.too_big}
+        return
+    for index, event in intake.events():
         try:
-            if not isinstance(event, dict):
-                raise Rejection("NOT_AN_OBJECT", "a batch event must be a JSON object")
+            if isinstance(event, Rejection):
+                raise event
             message_type = catalog.validate(event)
         except Rejection as rejection:
-            if batch is not None:
+            if index is not None:
                 rejection.extra["index"] = index
             yield rejection.to_frame()
             continue
         result: dict[str, Any] = {"ok": True, "type": message_type}
-        if batch is not None:
+        if index is not None:
             result["index"] = index
         yield result
 
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"telemetry-validate: {e}", file=err)
         return 2
     print(f"{args.schemas}: {len(catalog.types)} message types, all valid", file=out)
-    max_depth = Settings().max_depth
+    limits = Limits.of(Settings())
     checked = refused = 0
     for name in args.messages:
         try:
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"telemetry-validate: cannot read {name}: {e}", file=err)
             return 2
         for where, payload in messages_in(name, text):
-            for verdict in verdicts(catalog, payload, max_depth):
+            for verdict in verdicts(catalog, payload, limits):
                 checked += 1
                 at = where if "index" not in verdict else f"{where} event {verdict['index']}"
                 if verdict.get("ok"):
@@ -130,7 +132,11 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         print(f"{at}: accepted {verdict['type']}", file=out)
                     continue
                 refused += 1
-                print(f"{at}: refused {verdict['reason']}: {verdict['detail']}", file=out)
+                if "close" in verdict:
+                    what = f"the connection is closed with {verdict['close']}"
+                else:
+                    what = verdict["reason"]
+                print(f"{at}: refused {what}: {verdict['detail']}", file=out)
     if args.messages:
         print(f"{checked} checked, {checked - refused} accepted, {refused} refused", file=out)
     return 1 if refused else 0
