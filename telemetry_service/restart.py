@@ -196,8 +196,9 @@ def main(arguments: Sequence[str] | None = None) -> int:
         # the plugin file twistd reads, and through it everything a start imports
         import twisted.plugins.telemetry_plugin  # noqa: F401
         from telemetry_service import tap
+        from telemetry_service.options import Options
 
-        options = tap.Options()
+        options = Options()
         options.parseOptions(args)
         tap.check_configuration(options)
     except (ConfigurationError, usage.UsageError) as e:

@@ -85,9 +85,7 @@ class TelemetryHubService(MultiService):
         self._starting()
         with self._one_line_on_failure():
             super().startService()
-        start_bus = getattr(self.hub.bus, "start", None)
-        if start_bus is not None:
-            start_bus()
+        self.hub.bus.start()
         # the chart's per-second counts close their second here, not per message
         self._rates_timer = LoopingCall(self.hub.rates.roll)
         self._rates_timer.clock = self.hub.rates.clock

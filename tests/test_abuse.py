@@ -37,7 +37,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telemetry_service.http.site import REQUEST_SECONDS
-from telemetry_service.transport.websocket import WebSocketPeer
+from telemetry_service.transport.outbound import WebSocketPeer
 
 from . import examples as ex
 from .process import REPO, HubProcess, twistd_path

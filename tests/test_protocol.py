@@ -20,14 +20,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from telemetry_service.config import Settings
-from telemetry_service.hub import Hub, Role
+from telemetry_service.connections import Role
+from telemetry_service.endofpass import EndOfPass
+from telemetry_service.hub import Hub
 from telemetry_service.internals import PUBLIC_ONLY, FastPaths
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.transport.websocket import (
-    TelemetryServerFactory,
-    TelemetryServerProtocol,
-    prepared_fanout,
-)
+from telemetry_service.transport.outbound import prepared_fanout
+from telemetry_service.transport.websocket import TelemetryServerFactory, TelemetryServerProtocol
 
 from . import examples as ex
 from .fakes import telemetry_only
@@ -112,7 +111,7 @@ def parts(
 ) -> Iterator[tuple[Hub, TelemetryServerFactory, list[Connected]]]:
     settings = Settings()
     hub = Hub(catalog, settings, Clock(), prepared_fanout)
-    factory = TelemetryServerFactory(hub, settings, fast_paths=paths)
+    factory = TelemetryServerFactory(hub, settings, Clock(), fast_paths=paths)
     connections: list[Connected] = []
     yield hub, factory, connections
     for c in connections:  # cancels Autobahn's timers, which live on the global reactor
@@ -226,7 +225,7 @@ def fresh(
 ) -> tuple[Hub, TelemetryServerFactory]:
     s = Settings(**settings)
     hub = Hub(catalog, s, Clock(), prepared_fanout)
-    return hub, TelemetryServerFactory(hub, s, fast_paths=paths)
+    return hub, TelemetryServerFactory(hub, s, Clock(), fast_paths=paths)
 
 
 @pytest.fixture
@@ -347,7 +346,7 @@ def test_oversize_frame_closes_with_1009(made: Any) -> None:
 def test_own_framing_matches_autobahns(size: int) -> None:
     from autobahn.websocket.protocol import PreparedMessage
 
-    from telemetry_service.transport.websocket import text_frame
+    from telemetry_service.transport.outbound import text_frame
 
     payload = b"p" * size
     assert text_frame(payload) == PreparedMessage(payload, False, False, True).payloadHybi
@@ -410,7 +409,7 @@ class FakeTCP:
 
 
 def batched_peer(transport: FakeTCP) -> tuple[Any, Clock]:
-    from telemetry_service.transport.websocket import WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.outbound import WebSocketPeer, WriteBatcher
 
     class Protocol:
         state = 3  # WebSocketProtocol.STATE_OPEN
@@ -419,7 +418,7 @@ def batched_peer(transport: FakeTCP) -> tuple[Any, Clock]:
 
     Protocol.transport = transport  # type: ignore[attr-defined]
     clock = Clock()
-    peer = WebSocketPeer(Protocol(), 1 << 20, WriteBatcher(clock))  # type: ignore[arg-type]
+    peer = WebSocketPeer(Protocol(), 1 << 20, WriteBatcher(EndOfPass(clock)))  # type: ignore[arg-type]
     return peer, clock
 
 
@@ -471,7 +470,7 @@ def test_frames_pending_behind_a_close_frame_are_not_sent(tcp_like: None) -> Non
     transport = FakeTCP()
     peer, clock = batched_peer(transport)
     peer.send_frame(b"frame")
-    peer._protocol.state = 2  # closing: a close frame has gone out
+    peer._wire.state = 2  # closing: a close frame has gone out
     clock.advance(0)
     assert transport.on_wire == b""
 
@@ -480,9 +479,9 @@ def test_frames_of_this_pass_go_before_those_queued_by_backpressure(tcp_like: No
     transport = FakeTCP()
     peer, clock = batched_peer(transport)
     peer.send_frame(b"first")  # pending for this pass
-    peer._protocol.write_paused = True  # the transport fills up in the same pass...
+    peer._wire.write_paused = True  # the transport fills up in the same pass...
     peer.send_frame(b"second")  # ...so this one waits in the queue
-    peer._protocol.write_paused = False
+    peer._wire.write_paused = False
     peer.flush()  # and the transport drains before the pass ends
     clock.advance(0)
     assert (transport.on_wire, transport._tempDataBuffer) == (b"first", [b"second"])
@@ -516,10 +515,10 @@ class RecordingProtocol:
 
 
 def budget_peers(count: int, limit: int = 1 << 20, total: int = 1 << 30) -> tuple[list[Any], Any]:
-    from telemetry_service.transport.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.outbound import OutboundBudget, WebSocketPeer, WriteBatcher
 
     clock = Clock()
-    batcher = WriteBatcher(clock)
+    batcher = WriteBatcher(EndOfPass(clock))
     budget = OutboundBudget(total)
     peers = [
         WebSocketPeer(RecordingProtocol(FakeTCP()), limit, batcher, budget)  # type: ignore[arg-type]
@@ -532,9 +531,9 @@ def test_frames_of_one_pass_count_against_the_connection_budget(tcp_like: None) 
     (peer,), (clock, _) = budget_peers(1, limit=1000)
     for _ in range(9):
         peer.send_frame(b"x" * 100)
-    assert peer.queued_bytes == 900 and peer._protocol.closed == []
+    assert peer.queued_bytes == 900 and peer._wire.closed == []
     peer.send_frame(b"x" * 101)  # nothing was written yet: 1,001 bytes held
-    assert peer._protocol.closed[0][0] == "4008"
+    assert peer._wire.closed[0][0] == "4008"
     assert peer.queued_bytes == 0
     clock.advance(0)
     assert peer._transport.on_wire == b""
@@ -562,12 +561,12 @@ def test_a_stream_is_pulled_only_as_the_peer_reads_and_goes_before_later_frames(
             pulled.append(n)
             yield f'{{"n":{n}}}'.encode()
 
-    peer._protocol.write_paused = True
+    peer._wire.write_paused = True
     peer.send(b"before")
     peer.send_stream(ListStream(frames()))
     peer.send(b"after")
     assert pulled == [] and peer.replaying
-    peer._protocol.write_paused = False
+    peer._wire.write_paused = False
     peer.flush()
     assert not peer.replaying and peer.queued_bytes == 0
     sent = [p for _, p in server_frames(b"".join(peer._transport._tempDataBuffer))]
@@ -581,7 +580,7 @@ def test_a_paused_stream_holds_only_what_it_has_pulled(tcp_like: None) -> None:
     class Transport(FakeTCP):
         def write(self, data: bytes) -> None:
             super().write(data)
-            peer._protocol.write_paused = len(self._tempDataBuffer) >= 3  # the buffer fills
+            peer._wire.write_paused = len(self._tempDataBuffer) >= 3  # the buffer fills
 
     peer._transport = Transport()
 
@@ -603,10 +602,10 @@ def test_a_stream_that_fails_closes_that_peer_only(tcp_like: None) -> None:
         raise RuntimeError("history lost")
 
     peers[0].send_stream(ListStream(broken()))
-    assert peers[0]._protocol.closed == [("failed", "history lost")]
+    assert peers[0]._wire.closed == [("failed", "history lost")]
     assert peers[0].queued_bytes == 0
     peers[1].send_frame(b"still here")
-    assert peers[1]._protocol.closed == []
+    assert peers[1]._wire.closed == []
 
 
 def test_what_a_stream_holds_counts_against_the_budget_as_it_changes(tcp_like: None) -> None:
@@ -617,32 +616,32 @@ def test_what_a_stream_holds_counts_against_the_budget_as_it_changes(tcp_like: N
             self.held_bytes += 1000  # e.g. a chunk read from the history
             return b"{}"
 
-    peer._protocol.write_paused = True
+    peer._wire.write_paused = True
     peer.send_stream(Growing(iter(())))
     assert peer.queued_bytes == 64 and budget.total == 64
-    peer._protocol.write_paused = False
+    peer._wire.write_paused = False
     peer._transport = type(
         "Slow", (FakeTCP,), {"write": lambda self, data: None}
     )()  # takes everything and never pauses: the stream grows until the budget says stop
     peer.flush()
-    assert peer._protocol.closed[0][0] == "4008"
+    assert peer._wire.closed[0][0] == "4008"
     assert peer.queued_bytes == 0 and budget.total == 0
 
 
 def test_the_global_budget_cuts_the_biggest_queues_first(tcp_like: None) -> None:
     peers, (_, budget) = budget_peers(3, limit=10_000, total=5_000)
     for peer in peers:
-        peer._protocol.write_paused = True
+        peer._wire.write_paused = True
     peers[0].send_frame(b"a" * 1000)
     peers[1].send_frame(b"b" * 3000)
     peers[2].send_frame(b"c" * 500)
-    assert budget.total == 4500 and all(p._protocol.closed == [] for p in peers)
+    assert budget.total == 4500 and all(p._wire.closed == [] for p in peers)
     peers[2].send_frame(b"c" * 1000)  # 5,500 in all: the biggest queue (3,000) goes
-    assert peers[1]._protocol.closed[0][0] == "4008"
-    assert peers[0]._protocol.closed == [] and peers[2]._protocol.closed == []
+    assert peers[1]._wire.closed[0][0] == "4008"
+    assert peers[0]._wire.closed == [] and peers[2]._wire.closed == []
     assert budget.total == 2500
     # what drains is given back
-    peers[0]._protocol.write_paused = False
+    peers[0]._wire.write_paused = False
     peers[0].flush()
     assert budget.total == 1500
 
@@ -650,7 +649,7 @@ def test_the_global_budget_cuts_the_biggest_queues_first(tcp_like: None) -> None
 def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
     tcp_like: None, monkeypatch: Any
 ) -> None:
-    from telemetry_service.transport.websocket import WebSocketPeer
+    from telemetry_service.transport.outbound import WebSocketPeer
 
     peers, (clock, _) = budget_peers(3)
     write_pending = WebSocketPeer.write_pending
@@ -664,7 +663,7 @@ def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
     for peer in peers:
         peer.send_frame(b"frame-1")
     clock.advance(0)
-    assert peers[0]._protocol.closed[0][0] == "failed"
+    assert peers[0]._wire.closed[0][0] == "failed"
     for peer in peers[1:]:
         assert peer._transport.on_wire == b"frame-1"
         peer.send_frame(b"frame-2")  # and they are marked again, next pass
@@ -675,7 +674,7 @@ def test_a_failure_in_the_write_batcher_closes_that_peer_and_no_other(
 def test_a_failure_in_the_fanout_closes_that_peer_and_no_other(
     tcp_like: None, monkeypatch: Any
 ) -> None:
-    from telemetry_service.transport.websocket import WebSocketPeer
+    from telemetry_service.transport.outbound import WebSocketPeer
 
     peers, (clock, _) = budget_peers(3)
     send_frame = WebSocketPeer.send_frame
@@ -688,7 +687,7 @@ def test_a_failure_in_the_fanout_closes_that_peer_and_no_other(
     monkeypatch.setattr(WebSocketPeer, "send_frame", broken_for_the_second)
     prepared_fanout(peers, b'{"n":1}')
     clock.advance(0)
-    assert peers[1]._protocol.closed[0][0] == "failed"
+    assert peers[1]._wire.closed[0][0] == "failed"
     assert [p._transport.on_wire for p in (peers[0], peers[2])] == [b'\x81\x07{"n":1}'] * 2
 
 
@@ -714,7 +713,7 @@ def test_connections_over_the_per_address_limit_are_refused_at_the_handshake(
 
 def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> None:
     """Within one epoch a seq names one message: a frame leaves only once it is stored."""
-    from telemetry_service.transport.websocket import OutboundBudget, WebSocketPeer, WriteBatcher
+    from telemetry_service.transport.outbound import OutboundBudget, WebSocketPeer, WriteBatcher
 
     events: list[str] = []
 
@@ -728,7 +727,9 @@ def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> No
             super().write(data)
 
     clock = Clock()
-    batcher = WriteBatcher(clock, before_send=lambda: events.append("commit"))
+    end_of_pass = EndOfPass(clock)
+    end_of_pass.commit_with(lambda: events.append("commit"))
+    batcher = WriteBatcher(end_of_pass)
     peer = WebSocketPeer(
         RecordingProtocol(Transport()),  # type: ignore[arg-type]
         1 << 20,
@@ -739,9 +740,9 @@ def test_nothing_is_written_before_the_store_has_committed(tcp_like: None) -> No
     clock.advance(0)
     assert events == ["commit", "write"]
     events.clear()
-    peer._protocol.write_paused = True
+    peer._wire.write_paused = True
     peer.send_frame(b"two")  # queued behind a full buffer: when it drains
-    peer._protocol.write_paused = False
+    peer._wire.write_paused = False
     peer.flush()
     assert events == ["commit", "write"]
     events.clear()

@@ -6,8 +6,8 @@ in step with the code and the schema folder.
 from __future__ import annotations
 
 from telemetry_service.errors import Rejection
+from telemetry_service.options import OPTIONS
 from telemetry_service.schemas import SchemaCatalog
-from telemetry_service.tap import OPTIONS
 
 from .process import REPO
 

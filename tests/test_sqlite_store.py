@@ -6,7 +6,6 @@ crash, a corrupt or foreign file, and a disk that stops taking writes.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from twisted.internet.task import Clock
 
 from telemetry_service.errors import ConfigurationError
 from telemetry_service.history.memory import StoredMessage
-from telemetry_service.history.sqlite import ABSORB_EVERY, FILENAME, SqliteStore
+from telemetry_service.history.recovery import FILENAME
+from telemetry_service.history.sqlite import ABSORB_EVERY, SqliteStore
 
 BOOT = "boot-1"
 
@@ -47,7 +47,7 @@ def absorb(store: SqliteStore) -> None:
 def crash(store: SqliteStore) -> None:
     """The process dies: no clean close, but what was committed reached the OS."""
     store._conn.close()
-    os.close(store._journal_fd)
+    store._journal.close()
     store._lock.close()
 
 
@@ -261,7 +261,7 @@ def test_a_failed_write_degrades_to_memory_and_no_later_start_continues_the_epoc
     epoch = store.epoch
     # as good as a full disk: every write of that file fails from now on
     if what == "journal":
-        os.close(store._journal_fd)
+        store._journal.close()
     else:
         store._conn.close()
     store.append(message(11))

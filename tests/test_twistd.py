@@ -20,8 +20,8 @@ import websockets
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
+from telemetry_service.options import OPTIONS
 from telemetry_service.schemas import shipped_schemas_dir
-from telemetry_service.tap import OPTIONS
 
 from . import examples as ex
 from .process import HubProcess, run_to_exit, twistd_path

@@ -13,9 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
+from telemetry_service.options import Options
 from telemetry_service.schemas import SchemaCatalog, shipped_schemas_dir
 from telemetry_service.service import TelemetryHubService
-from telemetry_service.tap import Options, build_service
+from telemetry_service.tap import build_service
 from telemetry_service.transport.listeners import WebSocketListener
 
 from .fakes import telemetry_only

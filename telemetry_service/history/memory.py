@@ -44,6 +44,13 @@ class MessageStore(Protocol):
     """
 
     @property
+    def degraded(self) -> str | None:
+        """
+        Why the store no longer keeps what it is given beyond memory (its files cannot be
+        written), "closed" once closed, or None while it does its work.
+        """
+
+    @property
     def epoch(self) -> str:
         """
         Identifies one unbroken history; it changes whenever history is lost (e.g. the
@@ -118,6 +125,9 @@ class MemoryStore:
     seq is found at once; their seqs are contiguous, so an entry's seq is its position plus
     the oldest seq.
     """
+
+    #: memory is all it keeps, and all it promises
+    degraded: str | None = None
 
     def __init__(
         self, max_messages: int, max_bytes: int, epoch: str | None = None, last_seq: int = 0

@@ -100,7 +100,7 @@ class HubCollector:
         yield GaugeMetricFamily(
             "telemetry_store_degraded",
             "1 while the durable store cannot be written (the hub runs from memory)",
-            value=1 if getattr(store, "degraded", None) not in (None, "closed") else 0,
+            value=1 if store.degraded not in (None, "closed") else 0,
         )
         yield _labelled(
             CounterMetricFamily(

@@ -17,7 +17,7 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from telemetry_service.config import Settings
 from telemetry_service.errors import GOING_AWAY, ConfigurationError
@@ -144,10 +145,31 @@ class _Adopting:
         return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
 
 
-class Listener(StreamServerEndpointService):
+class Ports:
     """
-    Twisted's endpoint service, with one line naming the port when it cannot be had, and
-    a socket that can be handed to the process that replaces this one.
+    The port numbers the hub listens on, known once it does: the page's Content-Security-
+    Policy names the WebSocket's, and the page's own origin may always open a WebSocket.
+    Each listener records its own.
+    """
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int | None] = {}
+
+    def number(self, name: str) -> int | None:
+        """
+        The port of the listener called C{name} (L{WEBSOCKET}, L{HTTP}), once it listens.
+        """
+        return self._numbers.get(name)
+
+    def record(self, name: str, number: int | None) -> None:
+        self._numbers[name] = number
+
+
+class Listener(Service):
+    """
+    A listening socket as a service (as Twisted's C{StreamServerEndpointService}), with one
+    line naming the port when it cannot be had, and a socket that can be handed to the
+    process that replaces this one.
 
     A port that fails while the service starts (in use, no permission, a bad address) raises
     L{ConfigurationError} at once, so twistd and twist end with one line on stderr; an
@@ -155,24 +177,32 @@ class Listener(StreamServerEndpointService):
     """
 
     _log = Logger()
-    #: what the log line calls this listener
-    what = "server"
 
     def __init__(
         self,
+        name: str,
+        what: str,
         endpoint: IStreamServerEndpoint,
         description: str,
         factory: Any,
+        ports: Ports | None = None,
         inherited: bool = False,
     ) -> None:
         """
+        @param name: the socket's name (L{WEBSOCKET}, L{HTTP}), as systemd's units and an
+            in-place restart pass it.
+        @param what: what the log line calls this listener.
+        @param ports: where its port number is recorded once it listens.
         @param inherited: the endpoint serves a socket this process inherited.
         """
-        super().__init__(endpoint, factory)
+        self.setName(name)
+        self.what = what
+        self.endpoint = endpoint
+        self.factory = factory
         self._description = description
+        self._ports = ports or Ports()
         self._inherited = inherited
-        # As strports.service does: a failure while starting is raised, not only logged.
-        self._raiseSynchronously = True
+        self._listening: defer.Deferred[Any] | None = None
         self.port: IListeningPort | None = None
 
     @property
@@ -183,19 +213,40 @@ class Listener(StreamServerEndpointService):
         return number if isinstance(number, int) else None
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except Exception as e:
-            raise ConfigurationError(f"cannot listen on {self._description}: {e}") from None
-        waiting: Any = self._waitingForPort
-        waiting.addCallback(self._listening)
+        super().privilegedStartService()
+        self._listen()
 
-    def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
-        if port is None:  # failed after the start, and logged by Twisted
-            return None
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:  # twist starts services without the privileged step
+            self._listen()
+
+    def _listen(self) -> None:
+        starting = True
+        failed: list[Failure] = []
+
+        def error(failure: Failure) -> None:
+            if starting:
+                failed.append(failure)
+            elif not failure.check(defer.CancelledError):
+                self._log.failure(
+                    "Cannot listen on {endpoint}", failure, endpoint=self._description
+                )
+
+        listening = self._listening = self.endpoint.listen(self.factory)
+        listening.addCallback(self._listened)
+        listening.addErrback(error)
+        starting = False
+        if failed:
+            raise ConfigurationError(
+                f"cannot listen on {self._description}: {failed[0].value}"
+            ) from None
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         address: Any = port.getHost()
         number = getattr(address, "port", None)
+        self._ports.record(str(self.name), number)
         where = f"{address.host}:{number}" if number is not None else str(address)
         self._log.info(
             "Telemetry {what} listening on {address} (port {port}{how})",
@@ -225,10 +276,22 @@ class Listener(StreamServerEndpointService):
         port.stopReading()
         return port.fileno()
 
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        yield super().stopService()
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening (or cancel a listen still under way).
+        """
+        super().stopService()
+        listening, self._listening = self._listening, None
         self.port = None
+        self._ports.record(str(self.name), None)
+        if listening is None:
+            return defer.succeed(None)
+        listening.cancel()
+
+        def stop(port: IListeningPort | None) -> Any:
+            return port.stopListening() if port is not None else None
+
+        return listening.addCallback(stop)
 
 
 class WebSocketListener(Listener):
@@ -237,8 +300,6 @@ class WebSocketListener(Listener):
     briefly for the closing handshakes.
     """
 
-    what = "WebSocket server"
-
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
@@ -246,9 +307,12 @@ class WebSocketListener(Listener):
         factory: TelemetryServerFactory,
         settings: Settings,
         clock: IReactorTime,
+        ports: Ports | None = None,
         inherited: bool = False,
     ) -> None:
-        super().__init__(endpoint, description, factory, inherited)
+        super().__init__(
+            WEBSOCKET, "WebSocket server", endpoint, description, factory, ports, inherited
+        )
         self._settings = settings
         self._clock = clock
 
