@@ -885,7 +885,7 @@ def test_http_port_refuses_abuse_quietly(hubs: list[HubProcess]) -> None:
         statuses = {get(http_port, "/%00").status for _ in range(NOT_FOUND_REQUESTS)}
         lines = len(collect(hub, 0.5)) - before
         headers = {
-            path: get(http_port, path) for path in ("/", "/health", "/app.js", "/api/balances")
+            path: get(http_port, path) for path in ("/", "/health", "/js/main.js", "/api/balances")
         }
         headers["/nope"] = get(http_port, "/nope")
         headers["/%00"] = get(http_port, "/%00")
@@ -916,7 +916,7 @@ def test_http_port_refuses_abuse_quietly(hubs: list[HubProcess]) -> None:
     assert {path: r.status for path, r in headers.items()} == {
         "/": 200,
         "/health": 200,
-        "/app.js": 200,
+        "/js/main.js": 200,
         "/api/balances": 200,
         "/nope": 404,
         "/%00": 404,

@@ -48,7 +48,10 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_serves(tmp_path: Path) -> No
     }
     prefix = "telemetry_service/schemas/"
     assert {n.removeprefix(prefix) for n in names if n.startswith(prefix)} == shipped
-    for page_file in ("index.html", "app.js", "app.css", "vendor/cytoscape-3.35.0.min.js"):
+    page = REPO / "telemetry_service" / "http" / "static"
+    modules = [p.relative_to(page).as_posix() for p in (page / "js").glob("*.js")]
+    assert "js/main.js" in modules
+    for page_file in ("index.html", *modules, "app.css", "vendor/cytoscape-3.35.0.min.js"):
         assert f"telemetry_service/http/static/{page_file}" in names
 
     venv = tmp_path / "venv"

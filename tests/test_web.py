@@ -5,6 +5,7 @@ The hub's HTTP side on a real loopback port: the page, its files, /health, /conf
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +14,12 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 
+from telemetry_service.http.site import WEB_DIR
+
 from . import examples as ex
 from .wsclient import RunningHub, settle
+
+JAVASCRIPT_TYPES = {"text/javascript", "application/javascript"}
 
 
 @pytest.fixture
@@ -41,18 +46,42 @@ async def test_the_page_and_its_files_are_served(hub: RunningHub) -> None:
     assert code == 200
     assert headers["content-type"][0].startswith("text/html")
     assert b'<div id="graph"' in body
-    for script in (b"vendor/cytoscape-3.35.0.min.js", b"app.js"):
+    for script in (b"vendor/cytoscape-3.35.0.min.js", b"js/main.js"):
         assert script in body
         code, _, content = await get(hub, "/" + script.decode())
         assert code == 200 and len(content) > 1000
-    code, _, _ = await get(hub, "/app.css")
+    assert b'<script type="module" src="js/main.js">' in body
+    code, headers, _ = await get(hub, "/app.css")
     assert code == 200
+    assert headers["content-type"][0].startswith("text/css")
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_module_of_the_page_is_served_as_javascript(hub: RunningHub) -> None:
+    """
+    Every module the page's entry point imports, however deep, is served, and as
+    JavaScript (site.py says so, whatever the machine's mime.types): a browser does not run
+    a module script served as anything else. No file of js/ is left out of the page.
+    """
+    seen: set[str] = set()
+    waiting = ["main.js"]
+    while waiting:
+        name = waiting.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        code, headers, content = await get(hub, f"/js/{name}")
+        assert code == 200, name
+        assert headers["content-type"][0].split(";")[0] in JAVASCRIPT_TYPES, (name, headers)
+        waiting += re.findall(r'from "\./([\w.-]+\.js)";', content.decode())
+    assert seen == {p.name for p in (WEB_DIR / "js").glob("*.js")}
 
 
 @pytest_twisted.ensureDeferred
 async def test_folders_are_not_listed(hub: RunningHub) -> None:
-    code, _, _ = await get(hub, "/vendor/")
-    assert code == 403
+    for folder in ("/vendor/", "/js/"):
+        code, _, _ = await get(hub, folder)
+        assert code == 403
     code, _, _ = await get(hub, "/no-such-file")
     assert code == 404
 

@@ -56,6 +56,16 @@ class _StaticFiles(File):
     The page's files; folders are not listed, and names no file can have are not looked up.
     """
 
+    #: The page's own types, whatever the machine's mime.types says (Twisted reads them
+    #: from the C{mimetypes} module): browsers run a module script only if it is served
+    #: as JavaScript, and with C{nosniff} apply a stylesheet only if it is served as CSS.
+    contentTypes = {
+        **File.contentTypes,
+        ".html": "text/html",
+        ".css": "text/css",
+        ".js": "text/javascript",
+    }
+
     def directoryListing(self) -> IResource:
         return forbidden()
 
