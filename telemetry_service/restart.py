@@ -9,7 +9,7 @@ token file as a start would. Only if that works does the hub stop accepting (con
 wait in the kernel's backlog), close every connection with 1012, close its store, and
 replace itself (C{execve}, so the PID stays: PID 1 of a container, the main process of a
 systemd unit) with the command line it was started with, handing its listening sockets
-over (L{telemetry_service.listeners.LISTEN_FDS_ENV}) and a note of the restart
+over (L{telemetry_service.transport.listeners.LISTEN_FDS_ENV}) and a note of the restart
 (L{RESTART_ENV}) for the new process to log.
 """
 

@@ -123,3 +123,44 @@ async def test_health_reports_the_hub(hub: RunningHub) -> None:
 def test_http_can_be_turned_off() -> None:
     running = RunningHub("--http-port", "off")
     assert [s.name for s in running.service] == ["websocket"]
+
+
+def _channel(catalog: Any) -> tuple[Any, Any, Any]:
+    """The page's HTTP channel over an in-memory transport, on a fake clock."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from telemetry_service.config import Settings
+    from telemetry_service.http.site import build_site
+    from telemetry_service.hub import Hub
+    from telemetry_service.settlement import SettlementState
+
+    clock = Clock()
+    hub = Hub(catalog, Settings(), clock)
+    site = build_site(hub, SettlementState(clock), lambda: None, clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)  # type: ignore[attr-defined]
+    transport.aborted = False  # type: ignore[attr-defined]
+    channel.makeConnection(transport)
+    return channel, transport, clock
+
+
+def test_every_request_on_a_kept_alive_connection_has_the_deadline(catalog: Any) -> None:
+    """
+    A request must arrive whole within REQUEST_SECONDS, the second one on a kept-alive
+    connection as much as the first: one that drips in after an answered request is cut.
+    """
+    from telemetry_service.http.site import REQUEST_SECONDS
+
+    channel, transport, clock = _channel(catalog)
+    channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: hub\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200")
+    clock.advance(REQUEST_SECONDS * 3)  # idle between requests: no deadline runs then
+    assert not transport.aborted
+    channel.dataReceived(b"GET /health HTTP/1.1\r\nHo")  # ... and the rest never comes
+    clock.advance(REQUEST_SECONDS - 0.5)
+    assert not transport.aborted
+    clock.advance(1)
+    assert transport.aborted

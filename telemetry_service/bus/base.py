@@ -4,7 +4,7 @@ Where accepted messages get their C{seq} and come back to be delivered.
 The hub accepts a message (checks it, binds its connector) and hands it to a bus; the bus
 numbers it, keeps it in the history and gives it back to the hub's C{deliver}, which sends
 it to the hub's own dashboards. With one hub, that is all synchronous (L{LocalBus}). With
-several hubs on Redis (L{telemetry_service.redis_bus.RedisBus}), every hub's messages are
+several hubs on Redis (L{telemetry_service.bus.redis.bus.RedisBus}), every hub's messages are
 numbered in one order by Redis and every hub delivers them all, its own included, in that
 order: one C{seq} space, one history, the same replay cache everywhere.
 

@@ -5,7 +5,7 @@ loses nothing: the history with its epoch and last C{seq}, and the replay cache.
 The invariant: B{within one epoch, a seq always names the same message}. So a message goes
 out to clients only once it is stored durably enough to survive the process dying: the
 hub calls L{SqliteStore.commit} at the end of every reactor pass, before that pass's
-frames leave (see C{websocket.WriteBatcher}).
+frames leave (see L{telemetry_service.endofpass.EndOfPass}).
 
 Committing a pass straight into SQLite costs more than everything else the hub does for a
 message (its cost per transaction and per byte, measured: a quarter of the hub's

@@ -31,6 +31,7 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from telemetry_service import __version__
+from telemetry_service.auth import presented_token
 from telemetry_service.hub import Hub
 from telemetry_service.ratelimit import TokenBucket
 from telemetry_service.settlement import SettlementState
@@ -179,13 +180,11 @@ def _viewer_may_read(hub: Hub, request: Request) -> bool:
     access = hub.access
     if not access.reading_needs_a_token:
         return True
-    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else None
-    if not token:
-        tokens = request.args.get(b"token") or [b""]
-        token = tokens[0].decode("utf-8", "replace")
+    header = request.getHeader(b"authorization")
+    query = [token.decode("utf-8", "replace") for token in request.args.get(b"token", [])]
+    token = presented_token(header.decode("latin-1") if header else None, query)
     grant = access.authenticate(token) if token else None
-    return grant is not None and grant.role == "viewer"
+    return grant is not None and access.may_read(grant)
 
 
 class _Guarded(Resource):
@@ -354,7 +353,8 @@ class _DeadlineChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         # the first byte of the next request on a kept-alive connection starts its clock
-        if self._deadline is None and not self._handlingRequest:
+        # (requests holds those under way, from their first line until they are done)
+        if self._deadline is None and not self.requests:
             self._start_deadline()
         super().dataReceived(data)
 
