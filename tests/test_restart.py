@@ -129,15 +129,27 @@ class Load:
         )
 
     async def finish(self, last_seq: Callable[[], int]) -> None:
-        """Stop sending; wait until every dashboard has the hub's last message."""
+        """
+        Stop sending; wait until every dashboard has the hub's last message (on a shared
+        bus the last presence events are numbered a moment after the connectors leave: the
+        last seq is read again until it holds still).
+        """
         self._stop_sending.set()
         await asyncio.gather(*self._tasks)
-        last = await asyncio.to_thread(last_seq)
-        await until(
-            lambda: all(d.live and d.live[-1]["seq"] == last for d in self.dashboards),
-            15,
-            f"dashboards at seq {last}",
-        )
+        deadline = time.monotonic() + 15
+        while True:
+            last = await asyncio.to_thread(last_seq)
+            await until(
+                lambda last=last: all(
+                    d.live and d.live[-1]["seq"] >= last for d in self.dashboards
+                ),
+                max(0.1, deadline - time.monotonic()),
+                f"dashboards at seq {last}: at "
+                f"{[(d.live[-1]['seq'] if d.live else None, d.resumes) for d in self.dashboards]}",
+            )
+            seqs = {d.live[-1]["seq"] for d in self.dashboards}
+            if seqs == {last} and await asyncio.to_thread(last_seq) == last:
+                break
         self._stop_reading.set()
         await asyncio.gather(*self._readers)
 
